@@ -1,0 +1,134 @@
+"""OmegaConf structured configs: typed defaults per stage, one experiment file, dotted overrides.
+
+An experiment file holds shared top-level keys (``experiment``, ``seed``, ``task``) and one section per
+stage (``world:``, ``sample:``, ``train_prm:`` ...). A stage's config is its dataclass defaults, then the
+shared keys, then its section, then ``key=value`` overrides from the command line; struct mode makes
+any unknown key an error that names the key and the closest valid one.
+"""
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException
+
+from reward.errors import ShepherdError
+
+# Names of every stage (strings only, so that `reward` never imports `rl`); a top-level mapping in an
+# experiment file must be one of these sections.
+STAGES = (
+    "world", "sft", "sample", "eval", "annotate", "train-prm", "train-orm", "score", "verify",
+    "eval-prm", "ppo", "report", "pipeline",
+)
+SHARED_KEYS = ("experiment", "seed", "task")
+
+
+def section_name(stage: str) -> str:
+    return stage.replace("-", "_")
+
+
+@dataclass
+class TaskConfig:
+    """Which task and its knobs. `arith` knobs are ignored by `gsm8k` and `math`."""
+
+    name: str = "arith"  # arith | gsm8k | math
+    path: str = ""  # gsm8k/math: a jsonl file or a folder with <split>.jsonl, or a datasets hub id
+    # arith: `modular` (single-digit chains, `7 + 8 = 5` mod 10) or `chain` (multi-digit, 0-999).
+    form: str = "modular"
+    min_ops: int = 4
+    max_ops: int = 7
+    modulus: int = 10
+    operand_max: int = 99  # chain form: operands 1..operand_max, multipliers 2..9
+    ops: str = "+-*"
+    # Systematic mistakes taught by SFT data: a share of solutions applies a fixed wrong rule at every
+    # step where it applies (`swap_sub`: a - b computed as b - a; `drop_carry`: + without carries).
+    wrong_rule: str = "swap_sub"
+    wrong_rule_share: float = 0.3
+    chat_template: bool = False  # real instruct models: wrap the prompt in the tokenizer's chat template
+
+
+@dataclass
+class StageConfig:
+    """Keys every stage has."""
+
+    experiment: str = "default"
+    output_dir: str = ""  # empty: outputs/<experiment>/<stage>
+    seed: int = 0
+    task: TaskConfig = field(default_factory=TaskConfig)
+
+
+@dataclass
+class GenerationConfig:
+    backend: str = "hf"  # hf | vllm
+    batch_size: int = 256  # sequences per generate call (HF backend)
+    max_new_tokens: int = 96
+    top_p: float = 1.0
+    dtype: str = "auto"  # auto: bf16 on a GPU that supports it, fp32 on CPU
+    device: str = "auto"
+    vllm_gpu_memory_utilization: float = 0.5
+
+
+def _closest(key: str, valid: list[str]) -> str:
+    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.0)
+    return f"; did you mean '{match[0]}'?" if match else ""
+
+
+def _merge(base: DictConfig, other: Any, where: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)
+    except (ConfigKeyError, ConfigAttributeError) as e:
+        key = str(getattr(e, "full_key", "") or getattr(e, "key", ""))
+        parent_path = key.rsplit(".", 1)[0] if "." in key else ""
+        parent = OmegaConf.select(base, parent_path) if parent_path else base
+        valid = [str(k) for k in parent.keys()] if isinstance(parent, DictConfig) else []
+        raise ShepherdError(f"unknown config key '{key}' in {where}{_closest(key.rsplit('.', 1)[-1], valid)}") from None
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", "")
+        raise ShepherdError(f"bad value for config key '{key}' in {where}: {e.msg if hasattr(e, 'msg') else e}") from None
+
+
+def load_config(schema: type, stage: str, config_file: str | None = None, overrides: list[str] | None = None) -> DictConfig:
+    """Build the resolved, struct-mode config of `stage` from its dataclass `schema`."""
+    cfg = OmegaConf.structured(schema)
+    OmegaConf.set_struct(cfg, True)
+    if config_file:
+        if not os.path.isfile(config_file):
+            raise ShepherdError(f"config file not found: {config_file}")
+        try:
+            raw = OmegaConf.load(config_file)
+        except Exception as e:  # yaml errors carry the line in their message
+            raise ShepherdError(f"cannot parse config file {config_file}: {e}") from None
+        sections = {section_name(s) for s in STAGES}
+        shared = {}
+        for key, value in raw.items():
+            if key in sections:
+                continue
+            if key not in SHARED_KEYS and key not in cfg:
+                raise ShepherdError(
+                    f"unknown top-level key '{key}' in {config_file}{_closest(str(key), sorted(sections | set(SHARED_KEYS)))}"
+                )
+            if key in cfg:
+                shared[key] = value
+        cfg = _merge(cfg, OmegaConf.create(shared), config_file)
+        if section_name(stage) in raw:
+            cfg = _merge(cfg, raw[section_name(stage)], f"{config_file} (section '{section_name(stage)}')")
+    if overrides:
+        bad = [o for o in overrides if "=" not in o]
+        if bad:
+            raise ShepherdError(f"override '{bad[0]}' is not of the form key=value")
+        cfg = _merge(cfg, OmegaConf.from_dotlist(list(overrides)), "command-line overrides")
+    if not cfg.output_dir:
+        cfg.output_dir = os.path.join("outputs", cfg.experiment, stage)
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as e:
+        raise ShepherdError(f"cannot resolve config: {e}") from None
+    return cfg
+
+
+def describe(schema: type) -> str:
+    """The keys of a stage with their defaults, for `shepherd STAGE --help`."""
+    return OmegaConf.to_yaml(OmegaConf.structured(schema))

@@ -1,0 +1,100 @@
+"""`shepherd sample`: draw solutions from a policy for a split and grade them (samples.jsonl).
+
+Resumable: problems are sampled in fixed chunks, each appended whole with its own seed, so a killed run
+continues at the first unfinished chunk and ends with the same records as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from reward.config import GenerationConfig, StageConfig
+from reward.generation import Generator, load_generator
+from reward.io import append_jsonl, read_jsonl_resumable, write_jsonl_atomic
+from reward.stage import stage_main
+from reward.tasks import Problem, Task, load_task
+
+
+@dataclass
+class SampleConfig(StageConfig):
+    policy: str = ""  # model folder (or .gguf file)
+    split: str = "train"
+    num_problems: int = 256
+    samples_per_problem: int = 16
+    temperature: float = 1.0
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+
+
+def problem_record(problem: Problem) -> dict[str, Any]:
+    return {"problem_id": problem.id, "question": problem.question, "gold": problem.gold, "meta": problem.meta}
+
+
+def sample_and_grade(generator: Generator, task: Task, problems: list[Problem], n: int, temperature: float,
+                     seed: int, progress: bool = False) -> list[list[dict[str, Any]]]:
+    """Per problem, n graded samples (one record each), in one batched generation call."""
+    prompts = [task.format_prompt(p.question, generator.tokenizer) for p in problems]
+    samples = generator.generate(prompts, n=n, temperature=temperature, seed=seed, progress=progress)
+    out = []
+    for p, group in zip(problems, samples):
+        out.append([{"id": f"{p.id}-{j}", **problem_record(p), "sample_index": j, "solution": s.text,
+                     "finished": s.finished, **task.grade(p, s.text)} for j, s in enumerate(group)])
+    return out
+
+
+def run(cfg: DictConfig) -> dict:
+    task = load_task(cfg.task)
+    problems = task.problems(cfg.split, cfg.num_problems, seed=cfg.seed)
+    path = os.path.join(cfg.output_dir, "samples.jsonl")
+    n = cfg.samples_per_problem
+    per_chunk = max(1, cfg.generation.batch_size // n)
+    chunks = [problems[i: i + per_chunk] for i in range(0, len(problems), per_chunk)]
+
+    # Keep only whole chunks from an earlier, killed run.
+    done = read_jsonl_resumable(path)
+    counts: dict[str, int] = {}
+    for r in done:
+        counts[r["problem_id"]] = counts.get(r["problem_id"], 0) + 1
+    first_todo = next((c for c, chunk in enumerate(chunks) if any(counts.get(p.id, 0) != n for p in chunk)), len(chunks))
+    keep_ids = {p.id for chunk in chunks[:first_todo] for p in chunk}
+    kept = [r for r in done if r["problem_id"] in keep_ids]
+    if len(kept) != len(done):
+        write_jsonl_atomic(path, kept)
+
+    generator = load_generator(cfg.policy, cfg.generation) if first_todo < len(chunks) else None
+    for c in tqdm(range(first_todo, len(chunks)), desc="sample", initial=first_todo, total=len(chunks)):
+        groups = sample_and_grade(generator, task, chunks[c], n, cfg.temperature, seed=cfg.seed * 1000003 + c)
+        append_jsonl(path, [r for g in groups for r in g])
+
+    records = read_jsonl_resumable(path)
+    return summarize(records, n)
+
+
+def summarize(records: list[dict[str, Any]], n: int) -> dict[str, Any]:
+    """Accuracy, format errors and (with an oracle) right answers reached through a wrong step."""
+    right = [r for r in records if r["correct"]]
+    metrics = {
+        "samples": len(records), "problems": len({r["problem_id"] for r in records}), "samples_per_problem": n,
+        "accuracy": _mean([r["correct"] for r in records]),
+        "format_error_rate": _mean([not r["well_formed"] for r in records]),
+        "mean_steps": _mean([len(r["steps"]) for r in records]),
+    }
+    if records and "first_error" in records[0]:
+        metrics["right_answer_wrong_step"] = _mean([r["first_error"] is not None for r in right])
+        metrics["solutions_with_wrong_step"] = _mean([r["first_error"] is not None for r in records])
+    return metrics
+
+
+def _mean(xs: list[Any]) -> float:
+    return round(sum(xs) / len(xs), 4) if xs else 0.0
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return stage_main("sample", SampleConfig, run, __doc__, argv)
+
+
+if __name__ == "__main__":
+    main()

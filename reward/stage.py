@@ -1,0 +1,50 @@
+"""The shape every stage shares: parse `--config FILE key=value ...`, save the resolved config, run,
+save a flat metrics.json, and turn bad input into one clear line instead of a traceback."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any, Callable, Sequence
+
+from omegaconf import DictConfig
+
+from reward.config import describe, load_config
+from reward.errors import ShepherdError
+from reward.io import save_metrics, save_stage_config
+
+
+def is_main_process() -> bool:
+    """Rank 0 writes the shared files (config.yaml, metrics.json) when several ranks run a stage."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def parse_stage_args(stage: str, schema: type, doc: str, argv: Sequence[str] | None) -> DictConfig:
+    parser = argparse.ArgumentParser(
+        prog=f"shepherd {stage}", description=doc, formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="config keys and their defaults (override any of them as key.sub=value):\n\n" + describe(schema),
+    )
+    parser.add_argument("--config", help="experiment YAML file (shared keys + a section per stage)")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
+    parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
+    args = parser.parse_args(argv)
+    return load_config(schema, stage, args.config, args.overrides)
+
+
+def stage_main(stage: str, schema: type, run: Callable[[DictConfig], dict[str, Any]], doc: str,
+               argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Entry point of `shepherd STAGE` and `python -m MODULE`; exits 2 with one line on bad input."""
+    try:
+        cfg = parse_stage_args(stage, schema, doc, argv)
+        if is_main_process():
+            save_stage_config(cfg)
+        metrics = run(cfg)
+        if is_main_process():
+            save_metrics(cfg, metrics)
+            print(f"[{stage}] wrote {cfg.output_dir}")
+            print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}, indent=1))
+        return metrics
+    except ShepherdError as e:
+        print(f"shepherd {stage}: error: {e}", file=sys.stderr)
+        sys.exit(2)

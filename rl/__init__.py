@@ -1,0 +1,1 @@
+"""Everything that changes the policy: SFT, the embedded world, evaluation, PPO."""

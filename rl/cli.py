@@ -1,0 +1,40 @@
+"""`shepherd STAGE --config FILE [key=value ...]`: one command for every stage of the pipeline.
+
+Each stage is also a module (`python -m rl.sft`, `python -m reward.sample`), so the `deepspeed`
+launcher can start it with `--module`.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+
+# stage -> (module, one-line description); modules are imported only when their stage runs.
+STAGES = {
+    "world": ("rl.world", "build the embedded world: arith data, tokenizer, tiny SFT policy, its accuracy"),
+    "sft": ("rl.sft", "supervised fine-tuning of a policy on step-by-step solutions"),
+    "sample": ("reward.sample", "draw and grade solutions from a policy for a split (samples.jsonl)"),
+    "eval": ("rl.evaluate", "accuracy of a policy on a split: greedy, sampled, maj@k"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: shepherd STAGE --config FILE [key=value ...]", "", "stages:"]
+    lines += [f"  {name:<10} {desc}" for name, (_, desc) in STAGES.items()]
+    lines += ["", "`shepherd STAGE --help` lists the stage's config keys and their defaults."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(usage())
+        return
+    stage = argv[0]
+    if stage not in STAGES:
+        print(f"shepherd: unknown stage '{stage}'\n\n{usage()}", file=sys.stderr)
+        sys.exit(2)
+    importlib.import_module(STAGES[stage][0]).main(argv[1:])
+
+
+if __name__ == "__main__":
+    main()

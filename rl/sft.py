@@ -1,0 +1,157 @@
+"""`shepherd sft`: supervised fine-tuning on step-by-step solutions, loss on the solution tokens only.
+
+Runs on the HF Trainer (DeepSpeed through `train.deepspeed=configs/deepspeed/zero2.json`). Builds the
+embedded world's policy from scratch and is stage 0 for a real model on GSM8K reference solutions.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+from torch.utils.tensorboard import SummaryWriter
+from transformers import AutoModelForCausalLM, PretrainedConfig, Trainer, TrainingArguments
+from transformers.integrations import TensorBoardCallback
+
+from reward.config import StageConfig
+from reward.errors import ShepherdError
+from reward.generation import load_causal_lm, load_tokenizer
+from reward.io import read_jsonl
+from reward.stage import stage_main
+from reward.tasks import Task, load_task
+
+
+@dataclass
+class ModelConfig:
+    """Shape of a model trained from scratch (the embedded world's tiny Llama)."""
+
+    hidden_size: int = 128
+    num_layers: int = 2
+    num_heads: int = 4
+    intermediate_size: int = 512
+    max_positions: int = 256
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    batch_size: int = 64
+    lr: float = 3e-3
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1  # cosine decay to this share of lr
+    weight_decay: float = 0.0
+    adam_beta2: float = 0.98
+    max_grad_norm: float = 1.0
+    logging_steps: int = 50
+    deepspeed: str = ""  # a DeepSpeed JSON, e.g. configs/deepspeed/zero2.json
+
+
+@dataclass
+class SFTConfig(StageConfig):
+    init: str = ""  # model folder to fine-tune
+    data: str = ""  # jsonl of {"question", "solution"}; empty: the task's own training solutions
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def training_pairs(task: Task, n: int, seed: int, data: str = "") -> list[tuple[str, str]]:
+    """(question, solution) pairs: from a jsonl file, arith's generator, or a dataset's references."""
+    if data:
+        return [(r["question"], r["solution"]) for r in read_jsonl(data, required=("question", "solution"))]
+    if task.name == "arith":
+        rng = random.Random(seed)
+        return [(p.question, task.sft_solution(p, rng)) for p in task.problems("train", n, seed=seed)]
+    problems = task.problems("train")
+    if not problems or "solution" not in problems[0].meta:
+        raise ShepherdError(f"task '{task.name}' has no reference solutions: give sft.data")
+    return [(p.question, p.meta["solution"]) for p in problems]
+
+
+class SolutionOnlyCollator:
+    """Right-pads a batch; labels are -100 on the prompt and the padding, so loss is on the solution."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id)
+        labels = torch.full((len(rows), width), -100)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            n = len(r["input_ids"])
+            ids[i, :n] = torch.tensor(r["input_ids"])
+            mask[i, :n] = 1
+            labels[i, r["prompt_len"]:n] = ids[i, r["prompt_len"]:n]
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def encode_pairs(task: Task, tokenizer: Any, pairs: list[tuple[str, str]]) -> list[dict[str, Any]]:
+    prompts = tokenizer([task.format_prompt(q, tokenizer) for q, _ in pairs])["input_ids"]
+    sols = tokenizer([s for _, s in pairs], add_special_tokens=False)["input_ids"]
+    return [{"input_ids": p + s + [tokenizer.eos_token_id], "prompt_len": len(p)} for p, s in zip(prompts, sols)]
+
+
+def save_model_atomic(model: Any, tokenizer: Any, out_dir: str) -> None:
+    """Save into a sibling folder and rename, so a killed run never leaves half a checkpoint."""
+    tmp = out_dir.rstrip("/") + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.replace(tmp, out_dir)
+
+
+def distributed_backend() -> str | None:
+    """gloo for several CPU ranks (else every rank believes it is rank 0 of 1); None for one process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return "nccl" if torch.cuda.is_available() else "gloo"
+    return None
+
+
+def train_sft(cfg: DictConfig, task: Task, tokenizer: Any, model_cfg: PretrainedConfig | None, init: str,
+              out_dir: str, data: str = "") -> dict[str, float]:
+    """Train (from `init`, or from scratch with `model_cfg`) and save a safetensors folder at out_dir."""
+    t = cfg.train
+    torch.manual_seed(cfg.seed)
+    model = AutoModelForCausalLM.from_config(model_cfg) if model_cfg is not None else load_causal_lm(init, "init")
+    rows = encode_pairs(task, tokenizer, training_pairs(task, t.steps * t.batch_size, cfg.seed, data))
+    cuda = torch.cuda.is_available()
+    args = TrainingArguments(
+        output_dir=os.path.join(cfg.output_dir, "trainer"), per_device_train_batch_size=t.batch_size,
+        max_steps=t.steps, learning_rate=t.lr, warmup_steps=t.warmup_steps, weight_decay=t.weight_decay,
+        lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": t.min_lr_ratio},
+        adam_beta2=t.adam_beta2, max_grad_norm=t.max_grad_norm, logging_steps=t.logging_steps,
+        save_strategy="no", report_to="none",
+        use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(), seed=cfg.seed,
+        deepspeed=t.deepspeed or None, ddp_backend=distributed_backend(), remove_unused_columns=False,
+        dataloader_drop_last=True, disable_tqdm=False,
+    )
+    # TensorBoard events into the stage's own folder (transformers 5 dropped `logging_dir`).
+    board = TensorBoardCallback(tb_writer=SummaryWriter(os.path.join(cfg.output_dir, "tensorboard")))
+    trainer = Trainer(model=model, args=args, train_dataset=rows, callbacks=[board],
+                      data_collator=SolutionOnlyCollator(tokenizer.pad_token_id))
+    result = trainer.train()
+    if trainer.is_world_process_zero():
+        save_model_atomic(trainer.model, tokenizer, out_dir)
+    shutil.rmtree(os.path.join(cfg.output_dir, "trainer"), ignore_errors=True)
+    return {"train_loss": round(float(result.training_loss), 4), "train_steps": int(result.global_step)}
+
+
+def run(cfg: DictConfig) -> dict:
+    if not cfg.init:
+        raise ShepherdError("sft needs a model folder to start from (key init); `shepherd world` trains from scratch")
+    task = load_task(cfg.task)
+    out_dir = os.path.join(cfg.output_dir, "policy")
+    return train_sft(cfg, task, load_tokenizer(cfg.init, "init"), None, cfg.init, out_dir, cfg.data)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return stage_main("sft", SFTConfig, run, __doc__, argv)
+
+
+if __name__ == "__main__":
+    main()
