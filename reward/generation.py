@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 import torch
 from tqdm import tqdm
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 from reward.errors import ShepherdError
 
@@ -93,6 +94,24 @@ def _cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     return (text[: min(cuts)], True) if cuts else (text, False)
 
 
+class StopOnStrings(StoppingCriteria):
+    """Per-row stop when the completion's tail contains a stop string.
+
+    Written here because transformers' `stop_strings` needs a BPE-like vocabulary and fails on
+    word-level tokenizers such as the embedded world's. A string of k characters ends within the last
+    k tokens (every token is at least one character), so only that tail is decoded.
+    """
+
+    def __init__(self, tokenizer: Any, stop: Sequence[str], prompt_len: int) -> None:
+        self.tokenizer, self.stop, self.prompt_len = tokenizer, list(stop), prompt_len
+        self.window = max(len(s) for s in self.stop)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        tails = input_ids[:, max(self.prompt_len, input_ids.shape[1] - self.window):].tolist()
+        texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
+        return torch.tensor([any(s in t for s in self.stop) for t in texts], device=input_ids.device)
+
+
 class HFGenerator(Generator):
     def __init__(self, model: Any, tokenizer: Any, batch_size: int = 256, max_new_tokens: int = 96,
                  top_p: float = 1.0) -> None:
@@ -121,11 +140,12 @@ class HFGenerator(Generator):
             torch.manual_seed(seed * 100003 + b)
             kwargs = dict(do_sample=True, temperature=temperature, top_p=self.top_p) if temperature > 0 \
                 else dict(do_sample=False)
+            width = enc["input_ids"].shape[1]
             ids = self.model.generate(
                 **enc, **kwargs, max_new_tokens=max_new_tokens or self.max_new_tokens,
                 pad_token_id=self.tokenizer.pad_token_id, eos_token_id=eos, top_k=0,
-                stop_strings=list(stop) or None, tokenizer=self.tokenizer if stop else None,
-            )[:, enc["input_ids"].shape[1]:]
+                stopping_criteria=StoppingCriteriaList([StopOnStrings(self.tokenizer, stop, width)]) if stop else None,
+            )[:, width:]
             for row in ids.tolist():
                 finished = eos in row
                 row = row[: row.index(eos)] if finished else row

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from reward.config import GenerationConfig, StageConfig
 from reward.generation import Generator, load_generator
-from reward.io import append_jsonl, read_jsonl_resumable, write_jsonl_atomic
+from reward.io import append_jsonl, keep_whole_chunks, read_jsonl_resumable
 from reward.stage import stage_main
 from reward.tasks import Problem, Task, load_task
 
@@ -53,17 +53,7 @@ def run(cfg: DictConfig) -> dict:
     per_chunk = max(1, cfg.generation.batch_size // n)
     chunks = [problems[i: i + per_chunk] for i in range(0, len(problems), per_chunk)]
 
-    # Keep only whole chunks from an earlier, killed run.
-    done = read_jsonl_resumable(path)
-    counts: dict[str, int] = {}
-    for r in done:
-        counts[r["problem_id"]] = counts.get(r["problem_id"], 0) + 1
-    first_todo = next((c for c, chunk in enumerate(chunks) if any(counts.get(p.id, 0) != n for p in chunk)), len(chunks))
-    keep_ids = {p.id for chunk in chunks[:first_todo] for p in chunk}
-    kept = [r for r in done if r["problem_id"] in keep_ids]
-    if len(kept) != len(done):
-        write_jsonl_atomic(path, kept)
-
+    first_todo = keep_whole_chunks(path, [[p.id for p in chunk] for chunk in chunks], per_id=n, key="problem_id")
     generator = load_generator(cfg.policy, cfg.generation) if first_todo < len(chunks) else None
     for c in tqdm(range(first_todo, len(chunks)), desc="sample", initial=first_todo, total=len(chunks)):
         groups = sample_and_grade(generator, task, chunks[c], n, cfg.temperature, seed=cfg.seed * 1000003 + c)

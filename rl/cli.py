@@ -14,6 +14,7 @@ STAGES = {
     "sft": ("rl.sft", "supervised fine-tuning of a policy on step-by-step solutions"),
     "sample": ("reward.sample", "draw and grade solutions from a policy for a split (samples.jsonl)"),
     "eval": ("rl.evaluate", "accuracy of a policy on a split: greedy, sampled, maj@k"),
+    "annotate": ("reward.annotate", "label every step by Monte-Carlo completions (HE, SE): Math-Shepherd data"),
 }
 
 

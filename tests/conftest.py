@@ -1,0 +1,42 @@
+"""Shared fixtures: a tiny random Llama with the world's tokenizer, and a small trained world."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def random_policy(tmp_path_factory) -> str:
+    """An untrained tiny Llama folder in the embedded world's format (seconds to build)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from rl.sft import ModelConfig
+    from rl.world import build_tokenizer, tiny_llama_config
+
+    folder = tmp_path_factory.mktemp("random_policy")
+    tok = build_tokenizer()
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_llama_config(tok, ModelConfig(hidden_size=64, intermediate_size=128)))
+    model.save_pretrained(folder, safe_serialization=True)
+    tok.save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory) -> Path:
+    """`shepherd world` with a short SFT: a policy that has learned the format, for later stages."""
+    from rl.world import main
+
+    out = tmp_path_factory.mktemp("world")
+    main(["--config", str(REPO / "configs/experiments/arith_tiny.yaml"), f"output_dir={out}",
+          "train.steps=300", "eval_problems=100", "eval_samples=2"])
+    return out

@@ -1,0 +1,59 @@
+"""Configs: typed defaults, experiment sections, dotted overrides, strict keys with a suggestion."""
+import pytest
+from omegaconf import OmegaConf
+
+from reward.config import load_config
+from reward.errors import ShepherdError
+from reward.sample import SampleConfig
+from rl.world import WorldConfig
+
+
+def test_defaults_section_and_overrides(tmp_path):
+    f = tmp_path / "exp.yaml"
+    f.write_text("experiment: e1\nseed: 3\ntask: {form: chain}\nsample: {num_problems: 7, policy: p}\n"
+                 "world: {eval_problems: 9}\n")
+    cfg = load_config(SampleConfig, "sample", str(f), ["temperature=0.5", "generation.batch_size=8"])
+    assert (cfg.num_problems, cfg.policy, cfg.temperature, cfg.seed) == (7, "p", 0.5, 3)
+    assert cfg.task.form == "chain" and cfg.task.name == "arith"  # shared key merged over defaults
+    assert cfg.generation.batch_size == 8
+    assert cfg.output_dir == "outputs/e1/sample"  # default output folder per experiment and stage
+    world = load_config(WorldConfig, "world", str(f))
+    assert world.eval_problems == 9 and world.output_dir == "outputs/e1/world"
+
+
+@pytest.mark.parametrize("override, named, suggested", [
+    ("num_problem=3", "num_problem", "num_problems"),
+    ("generation.batchsize=3", "generation.batchsize", "batch_size"),
+])
+def test_unknown_override_names_key_and_closest(override, named, suggested):
+    with pytest.raises(ShepherdError) as e:
+        load_config(SampleConfig, "sample", None, [override])
+    assert named in str(e.value) and suggested in str(e.value)
+
+
+def test_unknown_key_in_file_names_file_and_key(tmp_path):
+    f = tmp_path / "exp.yaml"
+    f.write_text("sample:\n  temprature: 0.3\n")
+    with pytest.raises(ShepherdError, match=r"temprature.*exp.yaml|exp.yaml.*temprature") as e:
+        load_config(SampleConfig, "sample", str(f))
+    assert "temperature" in str(e.value)
+    f.write_text("experimnt: x\n")
+    with pytest.raises(ShepherdError, match="experimnt"):
+        load_config(SampleConfig, "sample", str(f))
+
+
+def test_bad_values_and_files(tmp_path):
+    with pytest.raises(ShepherdError, match="num_problems"):
+        load_config(SampleConfig, "sample", None, ["num_problems=many"])
+    with pytest.raises(ShepherdError, match="key=value"):
+        load_config(SampleConfig, "sample", None, ["num_problems"])
+    with pytest.raises(ShepherdError, match="not found"):
+        load_config(SampleConfig, "sample", str(tmp_path / "missing.yaml"))
+
+
+def test_demo_experiment_loads_for_every_stage():
+    from rl.evaluate import EvalConfig
+
+    for schema, stage in [(WorldConfig, "world"), (SampleConfig, "sample"), (EvalConfig, "eval")]:
+        cfg = load_config(schema, stage, "configs/experiments/arith_tiny.yaml")
+        assert OmegaConf.is_config(cfg) and cfg.output_dir == f"outputs/arith_tiny/{stage}"
