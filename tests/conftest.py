@@ -40,3 +40,14 @@ def tiny_world(tmp_path_factory) -> Path:
     main(["--config", str(REPO / "configs/experiments/arith_tiny.yaml"), f"output_dir={out}",
           "train.steps=300", "eval_problems=100", "eval_samples=2"])
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_samples(tiny_world, tmp_path_factory) -> Path:
+    """32 graded solutions (8 problems x 4) of the tiny world's policy: input for annotation tests."""
+    from reward.sample import main
+
+    out = tmp_path_factory.mktemp("samples")
+    main([f"policy={tiny_world / 'policy'}", f"output_dir={out}", "num_problems=8", "samples_per_problem=4",
+          "split=train", "seed=5", "task.min_ops=3", "task.max_ops=5"])
+    return out / "samples.jsonl"
