@@ -8,7 +8,9 @@
 #   3. remove torchvision/torchaudio/torchcodec: those wheels are CUDA builds and fail to load.
 #   4. what our code and tests import that vllm does not bring (omegaconf, pytest); this project itself
 #      goes on PYTHONPATH (its own pins would fight vllm's).
-# Re-running reuses the venv when it already imports vllm. Then: pytest tests/vllm.
+# Re-running reuses the venv when it already imports vllm. Then: pytest tests/vllm_backend
+# (not tests/vllm: a folder named vllm under tests/ imports as a namespace package `vllm` wherever
+# pytest puts tests/ on sys.path, and `import vllm` would then succeed in the main venv).
 #
 # Usage: bash .ci/vllm.sh [extra pytest args]      (VLLM_VENV=path overrides the venv location)
 set -euo pipefail
@@ -58,6 +60,6 @@ export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 export VLLM_CPU_KVCACHE_SPACE="${VLLM_CPU_KVCACHE_SPACE:-1}"
 export VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
-log "running tests/vllm"
-"$VENV/bin/python" -m pytest tests/vllm -q -p no:cacheprovider "$@"
+log "running tests/vllm_backend"
+"$VENV/bin/python" -m pytest tests/vllm_backend -q -p no:cacheprovider "$@"
 log "done"

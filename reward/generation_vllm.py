@@ -207,7 +207,11 @@ class VLLMGenerator(Generator):
         return total
 
     def sync_weights(self, model: Any) -> int:
-        """Push a Hugging Face causal LM's weights (a DeepSpeed engine or DDP wrapper is unwrapped)."""
+        """Push a Hugging Face causal LM's weights (a DeepSpeed engine or DDP wrapper is unwrapped).
+
+        Under ZeRO-3 the parameters are partitioned: call this inside
+        `deepspeed.zero.GatheredParameters(model.parameters())` (on one rank), or the tensors are empty.
+        """
         module = getattr(model, "module", model)
         if hasattr(module, "merge_and_unload"):  # peft: vLLM serves the merged weights
             raise ShepherdError("sync_weights got a peft model: merge the LoRA weights first "
