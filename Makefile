@@ -4,6 +4,8 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 EXPERIMENT ?= configs/experiments/arith_tiny.yaml
+OUT ?= outputs/arith_tiny
+SHEPHERD := $(VENV)/bin/shepherd
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
@@ -17,9 +19,20 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-demo: install
-	$(VENV)/bin/shepherd world --config $(EXPERIMENT)
-	$(VENV)/bin/shepherd eval --config $(EXPERIMENT)
+# The demo: each stage's metrics.json is written last, so make skips a stage whose output is complete
+# (a second `make demo` takes seconds) and re-runs one that is partial (sample and annotate resume).
+demo: $(OUT)/eval/metrics.json $(OUT)/annotate/metrics.json
+	@for s in world eval sample annotate; do echo "== $(OUT)/$$s/metrics.json"; cat $(OUT)/$$s/metrics.json; done
+	@test ! -f $(OUT)/annotate/audit.md || cat $(OUT)/annotate/audit.md
+
+$(OUT)/world/metrics.json: $(EXPERIMENT) | install
+	$(SHEPHERD) world --config $(EXPERIMENT)
+$(OUT)/eval/metrics.json: $(OUT)/world/metrics.json
+	$(SHEPHERD) eval --config $(EXPERIMENT)
+$(OUT)/sample/metrics.json: $(OUT)/world/metrics.json
+	$(SHEPHERD) sample --config $(EXPERIMENT)
+$(OUT)/annotate/metrics.json: $(OUT)/sample/metrics.json
+	$(SHEPHERD) annotate --config $(EXPERIMENT)
 
 test: install
 	$(PY) -m pytest -q tests
@@ -31,8 +44,9 @@ test-fast: install
 test-vllm:
 	bash .ci/vllm.sh
 
-bench: install
-	$(PY) benchmarks/generate.py
+bench: $(OUT)/world/metrics.json
+	$(PY) benchmarks/generate.py --policy $(OUT)/world/policy
+	$(PY) benchmarks/annotate.py --policy $(OUT)/world/policy
 
 clean:
 	rm -rf outputs

@@ -7,21 +7,19 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from omegaconf import DictConfig
-from torch.utils.tensorboard import SummaryWriter
-from transformers import AutoModelForCausalLM, PretrainedConfig, Trainer, TrainingArguments
-from transformers.integrations import TensorBoardCallback
+from transformers import AutoModelForCausalLM, PretrainedConfig, Trainer
 
 from reward.config import StageConfig
 from reward.errors import ShepherdError
 from reward.generation import load_causal_lm, load_tokenizer
 from reward.io import read_jsonl
 from reward.stage import stage_main
+from reward.training import TrainConfig, save_trained, tensorboard_callback, training_arguments
 from reward.tasks import Task, load_task
 
 
@@ -34,20 +32,6 @@ class ModelConfig:
     num_heads: int = 4
     intermediate_size: int = 512
     max_positions: int = 256
-
-
-@dataclass
-class TrainConfig:
-    steps: int = 1000
-    batch_size: int = 64
-    lr: float = 3e-3
-    warmup_steps: int = 50
-    min_lr_ratio: float = 0.1  # cosine decay to this share of lr
-    weight_decay: float = 0.0
-    adam_beta2: float = 0.98
-    max_grad_norm: float = 1.0
-    logging_steps: int = 50
-    deepspeed: str = ""  # a DeepSpeed JSON, e.g. configs/deepspeed/zero2.json
 
 
 @dataclass
@@ -95,23 +79,6 @@ def encode_pairs(task: Task, tokenizer: Any, pairs: list[tuple[str, str]]) -> li
     return [{"input_ids": p + s + [tokenizer.eos_token_id], "prompt_len": len(p)} for p, s in zip(prompts, sols)]
 
 
-def save_model_atomic(model: Any, tokenizer: Any, out_dir: str) -> None:
-    """Save into a sibling folder and rename, so a killed run never leaves half a checkpoint."""
-    tmp = out_dir.rstrip("/") + ".tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp, safe_serialization=True)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out_dir, ignore_errors=True)
-    os.replace(tmp, out_dir)
-
-
-def distributed_backend() -> str | None:
-    """gloo for several CPU ranks (else every rank believes it is rank 0 of 1); None for one process."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
-        return "nccl" if torch.cuda.is_available() else "gloo"
-    return None
-
-
 def train_sft(cfg: DictConfig, task: Task, tokenizer: Any, model_cfg: PretrainedConfig | None, init: str,
               out_dir: str, data: str = "") -> dict[str, float]:
     """Train (from `init`, or from scratch with `model_cfg`) and save a safetensors folder at out_dir."""
@@ -119,25 +86,11 @@ def train_sft(cfg: DictConfig, task: Task, tokenizer: Any, model_cfg: Pretrained
     torch.manual_seed(cfg.seed)
     model = AutoModelForCausalLM.from_config(model_cfg) if model_cfg is not None else load_causal_lm(init, "init")
     rows = encode_pairs(task, tokenizer, training_pairs(task, t.steps * t.batch_size, cfg.seed, data))
-    cuda = torch.cuda.is_available()
-    args = TrainingArguments(
-        output_dir=os.path.join(cfg.output_dir, "trainer"), per_device_train_batch_size=t.batch_size,
-        max_steps=t.steps, learning_rate=t.lr, warmup_steps=t.warmup_steps, weight_decay=t.weight_decay,
-        lr_scheduler_type="cosine_with_min_lr", lr_scheduler_kwargs={"min_lr_rate": t.min_lr_ratio},
-        adam_beta2=t.adam_beta2, max_grad_norm=t.max_grad_norm, logging_steps=t.logging_steps,
-        save_strategy="no", report_to="none",
-        use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(), seed=cfg.seed,
-        deepspeed=t.deepspeed or None, ddp_backend=distributed_backend(), remove_unused_columns=False,
-        dataloader_drop_last=True, disable_tqdm=False,
-    )
-    # TensorBoard events into the stage's own folder (transformers 5 dropped `logging_dir`).
-    board = TensorBoardCallback(tb_writer=SummaryWriter(os.path.join(cfg.output_dir, "tensorboard")))
-    trainer = Trainer(model=model, args=args, train_dataset=rows, callbacks=[board],
+    trainer = Trainer(model=model, args=training_arguments(t, cfg.output_dir, cfg.seed), train_dataset=rows,
+                      callbacks=[tensorboard_callback(cfg.output_dir)],
                       data_collator=SolutionOnlyCollator(tokenizer.pad_token_id))
     result = trainer.train()
-    if trainer.is_world_process_zero():
-        save_model_atomic(trainer.model, tokenizer, out_dir)
-    shutil.rmtree(os.path.join(cfg.output_dir, "trainer"), ignore_errors=True)
+    save_trained(trainer, tokenizer, out_dir)
     return {"train_loss": round(float(result.training_loss), 4), "train_steps": int(result.global_step)}
 
 

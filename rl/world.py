@@ -17,7 +17,8 @@ from reward.io import write_jsonl_atomic
 from reward.stage import stage_main
 from reward.tasks import BAD_TOKEN, GOOD_TOKEN, STEP_TAG, load_task
 from rl.evaluate import evaluate_policy
-from rl.sft import ModelConfig, TrainConfig, train_sft
+from reward.training import TrainConfig
+from rl.sft import ModelConfig, train_sft
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 # Whole-token pieces of the arith language, longest first where they share a start; the step tag and

@@ -1,0 +1,121 @@
+"""Reward models in the Math-Shepherd convention, on any causal LM.
+
+Every step of the input ends with the tag ' ки'; at each tag the LM head's logits restricted to the
+tokens '+' and '-' give P(step correct) = softmax(l+, l-)[+] = sigmoid(l+ - l-). The PRM is trained
+with binary cross-entropy at every tag (hard HE or soft SE targets), the ORM with one label at the
+last tag; one forward pass scores all steps of a solution.
+
+Written here rather than taken from TRL: TRL's PRMTrainer uses a token-classification head and
+truncates soft labels to ints; the Math-Shepherd convention keeps the LM head.
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+
+from reward.errors import ShepherdError
+from reward.tasks import BAD_TOKEN, GOOD_TOKEN, STEP_TAG, tag_steps
+
+TAG_TEXT = f" {STEP_TAG}"
+
+
+def label_token_ids(tokenizer: Any) -> tuple[int, int, int]:
+    """Ids of the step tag and of '+' / '-': each must be one token of this tokenizer."""
+    ids = []
+    for text in (TAG_TEXT, GOOD_TOKEN, BAD_TOKEN):
+        enc = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if len(enc) != 1 or enc[0] == tokenizer.unk_token_id:
+            # A byte-level BPE may split ' ки' into two tokens: the tag is then its last token.
+            if text == TAG_TEXT and enc and tokenizer.unk_token_id not in enc and \
+                    tokenizer.decode(enc[-1:]).strip() == STEP_TAG:
+                ids.append(enc[-1])
+                continue
+            raise ShepherdError(f"the tokenizer has no single token for {text!r}: add it (add_tokens=true)")
+        ids.append(enc[0])
+    return ids[0], ids[1], ids[2]
+
+
+def ensure_label_tokens(model: Any, tokenizer: Any, allow_add: bool) -> tuple[int, int, int]:
+    """Add the tag and the +/- tokens when missing (and resize the embeddings), if allowed."""
+    try:
+        return label_token_ids(tokenizer)
+    except ShepherdError:
+        if not allow_add:
+            raise ShepherdError(
+                f"the model's tokenizer lacks the step tag '{STEP_TAG}' or the label tokens '+'/'-' "
+                "and adding them is not allowed (key add_tokens)") from None
+    tokenizer.add_tokens([TAG_TEXT, GOOD_TOKEN, BAD_TOKEN])
+    model.resize_token_embeddings(len(tokenizer))
+    return label_token_ids(tokenizer)
+
+
+def encode_tagged(tokenizer: Any, question: str, steps: Sequence[str], tag_id: int, max_length: int = 0
+                  ) -> tuple[list[int], list[int]]:
+    """Token ids of the tagged text and the positions of its step tags (one per step)."""
+    ids = tokenizer(tag_steps(question, list(steps)))["input_ids"]
+    if max_length and len(ids) > max_length:
+        ids = ids[:max_length]
+    positions = [i for i, t in enumerate(ids) if t == tag_id]
+    return ids, positions
+
+
+def tag_logit_margin(logits: torch.Tensor, good_id: int, bad_id: int) -> torch.Tensor:
+    """l+ - l- at every position: sigmoid of it is the softmax over {+, -} taken at '+'."""
+    return logits[..., good_id].float() - logits[..., bad_id].float()
+
+
+def step_bce(logits: torch.Tensor, targets: torch.Tensor, good_id: int, bad_id: int) -> torch.Tensor:
+    """Binary cross-entropy at the tags: `targets` holds a label in [0, 1] at each tag, NaN elsewhere.
+
+    The PRM sums over a solution's steps (the paper's loss); we average over all tags in the batch so
+    the learning rate does not depend on the number of steps.
+    """
+    mask = ~torch.isnan(targets)
+    if not mask.any():
+        return logits.sum() * 0.0
+    margin = tag_logit_margin(logits, good_id, bad_id)[mask]
+    return torch.nn.functional.binary_cross_entropy_with_logits(margin, targets[mask].float())
+
+
+@torch.no_grad()
+def score_steps(model: Any, tokenizer: Any, items: Sequence[tuple[str, Sequence[str]]], batch_size: int = 64,
+                max_length: int = 0) -> list[list[float]]:
+    """P(correct) for every step of every (question, steps) item: one forward pass per solution,
+    solutions batched (right padding; the causal mask keeps padding out of the tags' context)."""
+    tag_id, good_id, bad_id = label_token_ids(tokenizer)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    encoded = [encode_tagged(tokenizer, q, s, tag_id, max_length) for q, s in items]
+    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))  # similar lengths together
+    out: list[list[float]] = [[] for _ in encoded]
+    for start in range(0, len(order), batch_size):
+        idx = order[start: start + batch_size]
+        width = max(len(encoded[i][0]) for i in idx)
+        ids = torch.full((len(idx), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            n = len(encoded[i][0])
+            ids[row, :n] = torch.tensor(encoded[i][0])
+            mask[row, :n] = 1
+        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        probs = torch.sigmoid(tag_logit_margin(logits, good_id, bad_id)).cpu()
+        for row, i in enumerate(idx):
+            out[i] = probs[row, encoded[i][1]].tolist()
+    return out
+
+
+def aggregate(scores: Sequence[float], how: str = "min") -> float:
+    """A solution's score from its step scores: min (the paper), prod, or last (Qwen's PRM lessons)."""
+    if not scores:
+        return 0.0
+    if how == "min":
+        return min(scores)
+    if how == "prod":
+        p = 1.0
+        for s in scores:
+            p *= s
+        return p
+    if how == "last":
+        return scores[-1]
+    raise ShepherdError(f"unknown aggregation '{how}'; use min, prod or last")
