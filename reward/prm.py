@@ -52,11 +52,25 @@ def ensure_label_tokens(model: Any, tokenizer: Any, allow_add: bool) -> tuple[in
 
 def encode_tagged(tokenizer: Any, question: str, steps: Sequence[str], tag_id: int, max_length: int = 0
                   ) -> tuple[list[int], list[int]]:
-    """Token ids of the tagged text and the positions of its step tags (one per step)."""
+    """Token ids of the tagged text and the positions of its step tags (one per step).
+
+    The whole text is tokenized at once, as the published Math-Shepherd recipe does. Where a malformed
+    step merges with its tag (e.g. a step cut after an operator), the text is encoded piece by piece
+    with the tag id appended after each step, so every step keeps exactly one tag.
+    """
     ids = tokenizer(tag_steps(question, list(steps)))["input_ids"]
+    positions = [i for i, t in enumerate(ids) if t == tag_id]
+    if len(positions) != len(steps):
+        ids = tokenizer(question + "\n")["input_ids"]
+        newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+        positions = []
+        for step in steps:
+            ids += tokenizer(step, add_special_tokens=False)["input_ids"]
+            positions.append(len(ids))
+            ids += [tag_id] + newline
     if max_length and len(ids) > max_length:
         ids = ids[:max_length]
-    positions = [i for i, t in enumerate(ids) if t == tag_id]
+        positions = [p for p in positions if p < max_length]
     return ids, positions
 
 

@@ -28,8 +28,30 @@ def parse_stage_args(stage: str, schema: type, doc: str, argv: Sequence[str] | N
     parser.add_argument("--config", help="experiment YAML file (shared keys + a section per stage)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=-1, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides")
-    args = parser.parse_args(argv)
+    args = parser.parse_args(flags_to_overrides(list(sys.argv[1:] if argv is None else argv)))
     return load_config(schema, stage, args.config, args.overrides)
+
+
+OWN_FLAGS = ("--config", "--local_rank", "--local-rank", "--help", "-h")
+
+
+def flags_to_overrides(argv: list[str]) -> list[str]:
+    """`--model DIR --input=FILE` read as `model=DIR input=FILE`: any config key works as a flag."""
+    out, i = [], 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg.startswith("--") and arg.split("=")[0] not in OWN_FLAGS:
+            if "=" in arg:
+                out.append(arg[2:])
+            elif i + 1 < len(argv):
+                out.append(f"{arg[2:]}={argv[i + 1]}")
+                i += 1
+            else:
+                raise ShepherdError(f"flag '{arg}' needs a value")
+        else:
+            out.append(arg)
+        i += 1
+    return out
 
 
 def stage_main(stage: str, schema: type, run: Callable[[DictConfig], dict[str, Any]], doc: str,

@@ -15,6 +15,10 @@ STAGES = {
     "sample": ("reward.sample", "draw and grade solutions from a policy for a split (samples.jsonl)"),
     "eval": ("rl.evaluate", "accuracy of a policy on a split: greedy, sampled, maj@k"),
     "annotate": ("reward.annotate", "label every step by Monte-Carlo completions (HE, SE): Math-Shepherd data"),
+    "train-prm": ("reward.train", "train a process reward model (BCE at every step tag) under DeepSpeed"),
+    "train-orm": ("reward.train", "train an outcome reward model (one label at the last tag), same code"),
+    "score": ("reward.score", "P(correct) for every step of every solution in a jsonl (scores.jsonl)"),
+    "verify": ("reward.verify", "best-of-N with PRM / ORM / majority / confidence, pairwise accuracy, plot"),
 }
 
 
@@ -34,7 +38,8 @@ def main(argv: list[str] | None = None) -> None:
     if stage not in STAGES:
         print(f"shepherd: unknown stage '{stage}'\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
-    importlib.import_module(STAGES[stage][0]).main(argv[1:])
+    preset = ["kind=orm"] if stage == "train-orm" else []  # one module trains both reward models
+    importlib.import_module(STAGES[stage][0]).main(argv[1:] + preset)
 
 
 if __name__ == "__main__":

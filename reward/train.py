@@ -1,0 +1,200 @@
+"""`shepherd train-prm` / `shepherd train-orm`: fine-tune a causal LM as a Math-Shepherd reward model.
+
+PRM: binary cross-entropy at every step tag on HE (hard) or SE (soft) labels. ORM: the same model and
+code with one label at the last tag, the final answer's correctness. HF Trainer with our loss (see
+`reward.prm` for why not TRL's PRMTrainer), DeepSpeed ZeRO through `train.deepspeed`, LoRA through peft.
+
+    deepspeed --num_gpus 8 --module reward.train --config EXP.yaml kind=prm train.deepspeed=configs/deepspeed/zero2.json
+"""
+from __future__ import annotations
+
+import math
+import os
+import random
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from omegaconf import DictConfig
+from transformers import Trainer
+
+from reward.config import StageConfig
+from reward.errors import ShepherdError
+from reward.generation import load_causal_lm, load_tokenizer
+from reward.io import iter_jsonl
+from reward.labels import from_math_shepherd
+from reward.prm import encode_tagged, ensure_label_tokens, score_steps, step_bce
+from reward.stage import is_main_process, stage_main
+from reward.training import TrainConfig, save_trained, tensorboard_callback, training_arguments
+
+
+@dataclass
+class LoraSettings:
+    enabled: bool = False
+    r: int = 16
+    alpha: int = 32
+    dropout: float = 0.05
+    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+
+
+@dataclass
+class RewardTrainConfig(StageConfig):
+    kind: str = "prm"  # prm | orm
+    data: str = ""  # stepwise.jsonl (or math_shepherd.jsonl) from `shepherd annotate`
+    init: str = ""  # causal-LM folder to start from (e.g. the world's policy)
+    label_type: str = "he"  # prm: he (hard) or se (soft targets)
+    add_tokens: bool = True  # add the step tag and +/- to the tokenizer when missing
+    val_share: float = 0.1  # problems held out for validation (split by problem)
+    max_length: int = 1024
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=600, batch_size=32, lr=1e-3, warmup_steps=30))
+
+
+@dataclass
+class Example:
+    problem_id: str
+    question: str
+    steps: list[str]
+    targets: list[float]  # one per step; NaN where the step carries no label (ORM: all but the last)
+
+
+def read_examples(path: str, kind: str, label_type: str) -> list[Example]:
+    """Training rows from either annotate format; a label count that does not match the steps is an error."""
+    out = []
+    for lineno, r in enumerate(iter_jsonl(path), 1):
+        where = f"{path}:{lineno}"
+        if "input" in r and "label" in r:
+            r = {**from_math_shepherd(r), "problem_id": r.get("problem_id", r["input"].split("\n")[0])}
+        for key in ("prompt", "completions", "labels"):
+            if key not in r:
+                raise ShepherdError(f"{where}: missing field '{key}'")
+        steps = r["completions"]
+        if not steps:
+            raise ShepherdError(f"{where}: a record with no steps")
+        labels = r["soft_labels"] if label_type == "se" and kind == "prm" else r["labels"]
+        if label_type == "se" and "soft_labels" not in r and kind == "prm":
+            raise ShepherdError(f"{where}: label_type=se needs 'soft_labels' (use stepwise.jsonl)")
+        if len(labels) != len(steps):
+            raise ShepherdError(f"{where}: {len(labels)} labels for {len(steps)} steps")
+        targets = [float(x) for x in labels]
+        if kind == "orm":
+            final = float(r["correct"]) if "correct" in r else targets[-1]
+            targets = [math.nan] * (len(steps) - 1) + [final]
+        out.append(Example(str(r.get("problem_id", lineno)), r["prompt"], list(steps), targets))
+    if not out:
+        raise ShepherdError(f"{path}: no records")
+    return out
+
+
+def split_by_problem(examples: list[Example], val_share: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """Validation holds whole problems, so it measures generalisation to new problems."""
+    problems = sorted({e.problem_id for e in examples})
+    random.Random(seed).shuffle(problems)
+    val = set(problems[: int(round(len(problems) * val_share))])
+    return [e for e in examples if e.problem_id not in val], [e for e in examples if e.problem_id in val]
+
+
+class TagCollator:
+    """Right-padded ids and a float target per position: the label at each step tag, NaN elsewhere."""
+
+    def __init__(self, tokenizer: Any, tag_id: int, max_length: int) -> None:
+        self.tokenizer, self.tag_id, self.max_length = tokenizer, tag_id, max_length
+        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+    def encode(self, e: Example) -> tuple[list[int], list[float]]:
+        ids, positions = encode_tagged(self.tokenizer, e.question, e.steps, self.tag_id, self.max_length)
+        if len(positions) != len(e.steps) and len(ids) < self.max_length:
+            raise ShepherdError(f"problem {e.problem_id}: {len(positions)} step tags found for {len(e.steps)} steps "
+                                "(a step contains the tag, or the tokenizer merges it)")
+        targets = [math.nan] * len(ids)
+        for pos, y in zip(positions, e.targets):
+            targets[pos] = y
+        return ids, targets
+
+    def __call__(self, rows: Sequence[Example]) -> dict[str, torch.Tensor]:
+        encoded = [self.encode(e) for e in rows]
+        width = max(len(ids) for ids, _ in encoded)
+        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        targets = torch.full((len(rows), width), math.nan)
+        for i, (x, y) in enumerate(encoded):
+            ids[i, : len(x)] = torch.tensor(x)
+            mask[i, : len(x)] = 1
+            targets[i, : len(y)] = torch.tensor(y)
+        return {"input_ids": ids, "attention_mask": mask, "targets": targets}
+
+
+class StepRewardTrainer(Trainer):
+    """The HF Trainer with the Math-Shepherd loss: BCE on l+ - l- at the step tags only."""
+
+    def __init__(self, *args: Any, good_id: int, bad_id: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.good_id, self.bad_id = good_id, bad_id
+
+    def compute_loss(self, model: Any, inputs: dict[str, torch.Tensor], return_outputs: bool = False, **kwargs: Any):
+        targets = inputs.pop("targets")
+        outputs = model(**inputs)
+        loss = step_bce(outputs.logits, targets, self.good_id, self.bad_id)
+        return (loss, outputs) if return_outputs else loss
+
+
+def validation_metrics(model: Any, tokenizer: Any, val: list[Example], max_length: int) -> dict[str, float]:
+    """Tag-level accuracy and AUC on held-out problems (AUC across problems is not the gate: see verify)."""
+    if not val:
+        return {}
+    scores = score_steps(model, tokenizer, [(e.question, e.steps) for e in val], max_length=max_length)
+    pairs = [(s, t) for e, ss in zip(val, scores) for s, t in zip(ss, e.targets) if not math.isnan(t)]
+    hard = [(s, t >= 0.5) for s, t in pairs]
+    acc = sum((s >= 0.5) == y for s, y in hard) / len(hard)
+    pos = [s for s, y in hard if y]
+    neg = [s for s, y in hard if not y]
+    auc = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg) / (len(pos) * len(neg)) if pos and neg else float("nan")
+    return {"val_tag_accuracy": round(acc, 4), "val_tag_auc": round(auc, 4), "val_tags": len(hard),
+            "val_positive_share": round(len(pos) / len(hard), 4)}
+
+
+def run(cfg: DictConfig) -> dict:
+    if cfg.kind not in ("prm", "orm"):
+        raise ShepherdError(f"unknown reward-model kind '{cfg.kind}' (key kind); use prm or orm")
+    if cfg.label_type not in ("he", "se"):
+        raise ShepherdError(f"unknown label type '{cfg.label_type}' (key label_type); use he or se")
+    if not cfg.data:
+        raise ShepherdError("no training data given (key data): a stepwise.jsonl from `shepherd annotate`")
+    examples = read_examples(cfg.data, cfg.kind, cfg.label_type)
+    train, val = split_by_problem(examples, cfg.val_share, cfg.seed)
+    tokenizer = load_tokenizer(cfg.init, "init")
+    torch.manual_seed(cfg.seed)
+    model = load_causal_lm(cfg.init, "init", device="cpu")
+    tag_id, good_id, bad_id = ensure_label_tokens(model, tokenizer, cfg.add_tokens)
+    if cfg.lora.enabled:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
+                                                 lora_dropout=cfg.lora.dropout, target_modules=list(cfg.lora.target_modules)))
+    model.train()
+    trainer = StepRewardTrainer(
+        model=model, args=training_arguments(cfg.train, cfg.output_dir, cfg.seed), train_dataset=train,
+        data_collator=TagCollator(tokenizer, tag_id, cfg.max_length), callbacks=[tensorboard_callback(cfg.output_dir)],
+        good_id=good_id, bad_id=bad_id,
+    )
+    result = trainer.train()
+    if cfg.lora.enabled:  # a plain checkpoint that from_pretrained loads: merge the adapters
+        trainer.model = trainer.model.merge_and_unload()
+    out_dir = os.path.join(cfg.output_dir, "model")
+    save_trained(trainer, tokenizer, out_dir)
+    metrics = {"kind": cfg.kind, "label_type": cfg.label_type, "train_examples": len(train), "val_examples": len(val),
+               "train_loss": round(float(result.training_loss), 4), "train_steps": int(result.global_step)}
+    if is_main_process():
+        model = load_causal_lm(out_dir, "model", device="cpu")
+        metrics.update(validation_metrics(model, tokenizer, val, cfg.max_length))
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = list(argv if argv is not None else __import__("sys").argv[1:])
+    stage = "train-orm" if "kind=orm" in argv else "train-prm"
+    return stage_main(stage, RewardTrainConfig, run, __doc__, argv)
+
+
+if __name__ == "__main__":
+    main()
