@@ -47,6 +47,7 @@ class TaskConfig:
     # step where it applies (`swap_sub`: a - b computed as b - a; `drop_carry`: + without carries).
     wrong_rule: str = "swap_sub"
     wrong_rule_share: float = 0.3
+    carry_rest: bool = False  # each step restates the operations still to do (`7 + 8 = 5 ; 5 * 3 - 9`)
     chat_template: bool = False  # real instruct models: wrap the prompt in the tokenizer's chat template
 
 

@@ -183,7 +183,8 @@ def run(cfg: DictConfig) -> dict:
     out_dir = os.path.join(cfg.output_dir, "model")
     save_trained(trainer, tokenizer, out_dir)
     metrics = {"kind": cfg.kind, "label_type": cfg.label_type, "train_examples": len(train), "val_examples": len(val),
-               "train_loss": round(float(result.training_loss), 4), "train_steps": int(result.global_step)}
+               "train_loss": round(float(result.training_loss), 4), "train_steps": int(result.global_step),
+               "world_size": trainer.args.world_size, "deepspeed": cfg.train.deepspeed}
     if is_main_process():
         model = load_causal_lm(out_dir, "model", device="cpu")
         metrics.update(validation_metrics(model, tokenizer, val, cfg.max_length))

@@ -19,6 +19,7 @@ STAGES = {
     "train-orm": ("reward.train", "train an outcome reward model (one label at the last tag), same code"),
     "score": ("reward.score", "P(correct) for every step of every solution in a jsonl (scores.jsonl)"),
     "verify": ("reward.verify", "best-of-N with PRM / ORM / majority / confidence, pairwise accuracy, plot"),
+    "eval-prm": ("reward.eval_prm", "how well a PRM finds the first wrong step: ProcessBench F1 (arith oracle or ProcessBench)"),
 }
 
 

@@ -24,7 +24,7 @@ SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 # Whole-token pieces of the arith language, longest first where they share a start; the step tag and
 # the +/- label tokens are in the vocabulary from the start, so a PRM needs no resize.
 PIECES = ["Compute ", "The answer is ", " mod ", " + ", " - ", " * ", " = ", f" {STEP_TAG}", "\n", ".", "(",
-          ")", GOOD_TOKEN, BAD_TOKEN, " "] + [str(d) for d in range(10)]
+          ")", GOOD_TOKEN, BAD_TOKEN, " "] + [str(d) for d in range(10)] + [" ; "]
 
 
 def build_tokenizer() -> PreTrainedTokenizerFast:

@@ -20,6 +20,7 @@ def load_task(cfg: Any) -> Task:
             form=get("form", "modular"), min_ops=get("min_ops", 4), max_ops=get("max_ops", 7),
             modulus=get("modulus", 10), operand_max=get("operand_max", 99), ops=get("ops", "+-*"),
             wrong_rule=get("wrong_rule", "none"), wrong_rule_share=get("wrong_rule_share", 0.0),
+            carry_rest=get("carry_rest", False),
         )
     if name == "gsm8k":
         from reward.tasks.gsm8k import GSM8KTask

@@ -20,7 +20,7 @@ from reward.tasks.base import Problem, Task
 
 SPLITS = ("train", "val", "test")
 RULES = {"modular": ("none", "swap_sub"), "chain": ("none", "drop_carry")}
-_STEP = re.compile(r"^(-?\d+) ([+\-*]) (-?\d+) = (-?\d+)$")
+_STEP = re.compile(r"^(-?\d+) ([+\-*]) (-?\d+) = (-?\d+)( ; -?\d+( [+\-*] -?\d+)+)?$")
 _ANSWER = re.compile(r"The answer is (-?\d+)")
 
 
@@ -46,7 +46,7 @@ class ArithTask(Task):
 
     def __init__(self, form: str = "modular", min_ops: int = 4, max_ops: int = 7, modulus: int = 10,
                  operand_max: int = 99, ops: str = "+-*", wrong_rule: str = "none",
-                 wrong_rule_share: float = 0.0) -> None:
+                 wrong_rule_share: float = 0.0, carry_rest: bool = False) -> None:
         super().__init__(chat_template=False)
         if form not in RULES:
             raise ShepherdError(f"unknown arith form '{form}' (key task.form); use one of {', '.join(RULES)}")
@@ -61,6 +61,7 @@ class ArithTask(Task):
         self.form, self.min_ops, self.max_ops = form, min_ops, max_ops
         self.modulus, self.operand_max, self.ops = modulus, operand_max, ops
         self.wrong_rule, self.wrong_rule_share = wrong_rule, wrong_rule_share
+        self.carry_rest = carry_rest
 
     # --- arithmetic -------------------------------------------------------------------------
     def apply(self, a: int, op: str, b: int, rule: str = "none") -> int:
@@ -101,9 +102,12 @@ class ArithTask(Task):
         """The solution's steps, right or (with `rule`) systematically wrong."""
         operands, ops = problem.meta["operands"], problem.meta["ops"]
         steps, value = [], operands[0]
-        for op, b in zip(ops, operands[1:]):
+        for k, (op, b) in enumerate(zip(ops, operands[1:])):
             r = self.apply(value, op, b, rule)
-            steps.append(f"{value} {op} {b} = {r}")
+            rest = "".join(f" {o} {x}" for o, x in zip(ops[k + 1:], operands[k + 2:]))
+            # carry_rest: each step restates what is left to compute, so checking a step needs only the
+            # line above it (no retrieval from the problem text).
+            steps.append(f"{value} {op} {b} = {r}" + (f" ; {r}{rest}" if self.carry_rest and rest else ""))
             value = r
         return steps + [f"The answer is {value}"]
 
@@ -155,16 +159,9 @@ class ArithTask(Task):
         right = self.solve(problem)
         steps = self.split_steps(solution)
         for k, step in enumerate(steps):
-            if k >= len(right) or not self._same_step(step, right[k]):
+            if k >= len(right) or step != right[k]:
                 return k
         return None if len(steps) == len(right) else len(steps)
-
-    @staticmethod
-    def _same_step(step: str, right: str) -> bool:
-        m, r = _STEP.match(step), _STEP.match(right)
-        if m and r:
-            return m.groups() == r.groups()
-        return step == right
 
     def is_well_formed(self, solution: str) -> bool:
         """Every step is `a op b = c` and the last is the answer line (format, not truth)."""
