@@ -18,19 +18,7 @@ from omegaconf import OmegaConf
 from reward.config import GenerationConfig
 from reward.generation import load_generator
 from reward.tasks.arith import ArithTask
-
-
-def random_policy(folder: str) -> str:
-    from transformers import AutoModelForCausalLM
-
-    from rl.sft import ModelConfig
-    from rl.world import build_tokenizer, tiny_llama_config
-
-    tok = build_tokenizer()
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(tiny_llama_config(tok, ModelConfig())).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+from rl.world import save_random_policy
 
 
 def tokens_per_second(gen, prompts: list[str], batch: int) -> float:
@@ -48,7 +36,7 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=64)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
-        policy = args.policy or random_policy(tmp)
+        policy = args.policy or save_random_policy(tmp)
         gen = load_generator(policy, OmegaConf.structured(GenerationConfig(max_new_tokens=args.max_new_tokens)))
         task = ArithTask()
         prompts = [task.format_prompt(p.question) for p in task.problems("test", 256)]

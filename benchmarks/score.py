@@ -21,19 +21,7 @@ import torch
 from reward.generation import load_causal_lm, load_tokenizer
 from reward.prm import score_steps
 from reward.tasks.arith import ArithTask
-
-
-def random_model(folder: str) -> str:
-    from transformers import AutoModelForCausalLM
-
-    from rl.sft import ModelConfig
-    from rl.world import build_tokenizer, tiny_llama_config
-
-    tok = build_tokenizer()
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(tiny_llama_config(tok, ModelConfig())).save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+from rl.world import save_random_policy
 
 
 def per_prefix(model: Any, tok: Any, items: list[tuple[str, list[str]]], batch: int) -> list[list[float]]:
@@ -59,7 +47,7 @@ def main() -> None:
     items = [(p.question, task.solve(p)) for p in task.problems("test", args.solutions)]
     steps = sum(len(s) for _, s in items)
     with tempfile.TemporaryDirectory() as tmp:
-        folder = args.model or random_model(tmp)
+        folder = args.model or save_random_policy(tmp)
         tok, model = load_tokenizer(folder, "model"), load_causal_lm(folder, "model")
         score_steps(model, tok, items[:8], args.batch_size)  # warm-up
         fast, fast_s = timed(score_steps, model, tok, items, args.batch_size)

@@ -186,6 +186,11 @@ def run(cfg: DictConfig) -> dict:
                "train_loss": round(float(result.training_loss), 4), "train_steps": int(result.global_step),
                "world_size": trainer.args.world_size, "deepspeed": cfg.train.deepspeed}
     if is_main_process():
+        # Under ZeRO-3, from_pretrained would partition the weights across ranks that have finished:
+        # drop the Trainer's DeepSpeed context first and read the gathered checkpoint plainly.
+        from transformers.integrations import unset_hf_deepspeed_config
+
+        unset_hf_deepspeed_config()
         model = load_causal_lm(out_dir, "model", device="cpu")
         metrics.update(validation_metrics(model, tokenizer, val, cfg.max_length))
     return metrics

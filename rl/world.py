@@ -7,6 +7,7 @@ import re
 import time
 from dataclasses import dataclass, field
 
+import torch
 from omegaconf import DictConfig
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import LlamaConfig, PreTrainedTokenizerFast
@@ -46,6 +47,18 @@ def tiny_llama_config(tokenizer: PreTrainedTokenizerFast, m: ModelConfig) -> Lla
         max_position_embeddings=m.max_positions, tie_word_embeddings=True, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
+
+
+def save_random_policy(folder: str, model: ModelConfig | None = None, seed: int = 0) -> str:
+    """An untrained model of the world's shape with its tokenizer: for tests and speed benchmarks,
+    whose figures do not depend on the weights."""
+    from transformers import AutoModelForCausalLM
+
+    tok = build_tokenizer()
+    torch.manual_seed(seed)
+    AutoModelForCausalLM.from_config(tiny_llama_config(tok, model or ModelConfig())).save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
 
 
 @dataclass

@@ -16,18 +16,11 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 @pytest.fixture(scope="session")
 def random_policy(tmp_path_factory) -> str:
     """An untrained tiny Llama folder in the embedded world's format (seconds to build)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
     from rl.sft import ModelConfig
-    from rl.world import build_tokenizer, tiny_llama_config
+    from rl.world import save_random_policy
 
     folder = tmp_path_factory.mktemp("random_policy")
-    tok = build_tokenizer()
-    torch.manual_seed(0)
-    model = AutoModelForCausalLM.from_config(tiny_llama_config(tok, ModelConfig(hidden_size=64, intermediate_size=128)))
-    model.save_pretrained(folder, safe_serialization=True)
-    tok.save_pretrained(folder)
+    save_random_policy(str(folder), ModelConfig(hidden_size=64, intermediate_size=128))
     return str(folder)
 
 
