@@ -149,3 +149,25 @@ def test_world_tokenizer_round_trip_and_offline_reload(tmp_path):
     assert again.convert_tokens_to_ids(" ки") in tagged
     for t in ("+", "-", " ки"):
         assert again.convert_tokens_to_ids(t) != again.unk_token_id
+
+
+def test_carry_rest_steps_restate_what_is_left():
+    task = ArithTask(form="modular", min_ops=3, max_ops=3, carry_rest=True, wrong_rule="swap_sub")
+    p = task.problems("test", 1)[0]
+    a, b, c, d = p.meta["operands"]
+    o1, o2, o3 = p.meta["ops"]
+    steps = task.solve(p)
+    r1 = int(steps[0].split(" = ")[1].split(" ; ")[0])
+    assert steps[0] == f"{a} {o1} {b} = {r1} ; {r1} {o2} {c} {o3} {d}"
+    assert " ; " not in steps[2] and steps[3] == f"The answer is {p.gold}"
+    text = "\n".join(steps)
+    assert task.first_error(p, text) is None and task.is_well_formed(text)
+    wrong = list(steps)
+    wrong[1] = wrong[1].replace(" ; ", " ; 9", 1) if not wrong[1].split(" ; ")[1].startswith("9") else wrong[1].replace(" ; 9", " ; 8", 1)
+    assert task.first_error(p, "\n".join(wrong)) == 1  # a miscopied rest is a wrong step
+
+    from rl.world import build_tokenizer
+
+    tok = build_tokenizer()
+    ids = tok(p.question + "\n" + text)["input_ids"]
+    assert tok.unk_token_id not in ids and tok.decode(ids, skip_special_tokens=True) == p.question + "\n" + text
