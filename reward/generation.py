@@ -138,12 +138,13 @@ class HFGenerator(Generator):
             chunk = flat[start: start + self.batch_size]
             enc = self.encode(chunk)
             torch.manual_seed(seed * 100003 + b)
-            kwargs = dict(do_sample=True, temperature=temperature, top_p=self.top_p) if temperature > 0 \
+            # top_k=0: plain temperature sampling (some checkpoints default to top-k 50)
+            kwargs = dict(do_sample=True, temperature=temperature, top_p=self.top_p, top_k=0) if temperature > 0 \
                 else dict(do_sample=False)
             width = enc["input_ids"].shape[1]
             ids = self.model.generate(
                 **enc, **kwargs, max_new_tokens=max_new_tokens or self.max_new_tokens,
-                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=eos, top_k=0,
+                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=eos,
                 stopping_criteria=StoppingCriteriaList([StopOnStrings(self.tokenizer, stop, width)]) if stop else None,
             )[:, width:]
             for row in ids.tolist():
