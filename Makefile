@@ -21,18 +21,21 @@ install: $(VENV)/.installed
 
 # The demo: each stage's metrics.json is written last, so make skips a stage whose output is complete
 # (a second `make demo` takes seconds) and re-runs one that is partial (sample and annotate resume).
-demo: $(OUT)/eval/metrics.json $(OUT)/annotate/metrics.json
-	@for s in world eval sample annotate; do echo "== $(OUT)/$$s/metrics.json"; cat $(OUT)/$$s/metrics.json; done
-	@test ! -f $(OUT)/annotate/audit.md || cat $(OUT)/annotate/audit.md
+# Order-only prerequisites: editing the experiment file does not redo finished stages; delete a
+# stage's folder under $(OUT) to redo it.
+STAGES := world eval sample annotate train-prm train-orm verify eval-prm
+demo: $(foreach s,$(STAGES),$(OUT)/$(s)/metrics.json)
+	@for s in $(STAGES); do echo "== $(OUT)/$$s/metrics.json"; cat $(OUT)/$$s/metrics.json; done
+	@cat $(OUT)/annotate/audit.md $(OUT)/verify/verify.md $(OUT)/eval-prm/eval_prm.md
 
-$(OUT)/world/metrics.json: $(EXPERIMENT) | install
-	$(SHEPHERD) world --config $(EXPERIMENT)
-$(OUT)/eval/metrics.json: $(OUT)/world/metrics.json
-	$(SHEPHERD) eval --config $(EXPERIMENT)
-$(OUT)/sample/metrics.json: $(OUT)/world/metrics.json
-	$(SHEPHERD) sample --config $(EXPERIMENT)
-$(OUT)/annotate/metrics.json: $(OUT)/sample/metrics.json
-	$(SHEPHERD) annotate --config $(EXPERIMENT)
+$(OUT)/world/metrics.json: | install
+$(OUT)/eval/metrics.json $(OUT)/sample/metrics.json: | $(OUT)/world/metrics.json
+$(OUT)/annotate/metrics.json: | $(OUT)/sample/metrics.json
+$(OUT)/train-prm/metrics.json $(OUT)/train-orm/metrics.json: | $(OUT)/annotate/metrics.json
+$(OUT)/verify/metrics.json: | $(OUT)/train-prm/metrics.json $(OUT)/train-orm/metrics.json
+$(OUT)/eval-prm/metrics.json: | $(OUT)/verify/metrics.json
+$(OUT)/%/metrics.json:
+	$(SHEPHERD) $* --config $(EXPERIMENT)
 
 test: install
 	$(PY) -m pytest -q tests

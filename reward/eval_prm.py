@@ -26,6 +26,7 @@ from reward.errors import ShepherdError
 from reward.generation import load_causal_lm, load_tokenizer
 from reward.io import read_jsonl, write_atomic
 from reward.prm import score_steps
+from reward.score import question_and_steps
 from reward.stage import stage_main
 
 SOURCES = ("arith", "processbench")
@@ -82,18 +83,18 @@ def choose_threshold(scores: Sequence[Sequence[float]], labels: Sequence[int]) -
 
 
 def load_arith(path: str) -> list[Case]:
-    """Records of `shepherd annotate`; a solution that stopped early (first_error == its step count)
-    is wrong at its last step, the one that should have gone on."""
+    """Graded arith solutions with the oracle's first_error: `annotate`'s stepwise.jsonl, or `sample` /
+    `verify` records (test-split solutions the PRM never trained on). A solution that stopped early
+    (first_error == its step count) is wrong at its last step, the one that should have gone on."""
     cases = []
-    records = read_jsonl(path, required=("prompt", "completions", "first_error", "problem_id"))
+    records = read_jsonl(path, required=("first_error", "problem_id"))
     for lineno, r in enumerate(records, 1):
-        steps, fe = r["completions"], r["first_error"]
-        if not steps:
-            raise ShepherdError(f"{path}:{lineno}: a record with no steps")
+        question, steps = question_and_steps(r, f"{path}:{lineno}")
+        fe = r["first_error"]
         if fe is not None and (not isinstance(fe, int) or not 0 <= fe <= len(steps)):
             raise ShepherdError(f"{path}:{lineno}: first_error must be null or 0..{len(steps)}, got {fe!r}")
         label = -1 if fe is None else min(fe, len(steps) - 1)
-        cases.append(Case(str(r["problem_id"]), r["prompt"], list(steps), label))
+        cases.append(Case(str(r["problem_id"]), question, steps, label))
     return cases
 
 

@@ -117,3 +117,21 @@ def test_eval_prm_arith_end_to_end(tiny_world, tiny_samples, tmp_path):
     assert m["val_f1"] is not None
     assert (out / "eval_prm.md").is_file() and "| test |" in (out / "eval_prm.md").read_text()
     assert json.loads((out / "metrics.json").read_text())["threshold"] == m["threshold"]
+
+
+def test_arith_loader_reads_annotate_and_sample_records(tmp_path):
+    from reward.eval_prm import load_arith
+
+    f = tmp_path / "mixed.jsonl"
+    rows = [{"problem_id": "p1", "prompt": "Compute 1 + 2 mod 10.", "completions": ["1 + 2 = 3", "The answer is 3"],
+             "first_error": None},
+            {"problem_id": "p2", "question": "Compute 2 + 2 mod 10.", "steps": ["2 + 2 = 5", "The answer is 5"],
+             "first_error": 0},
+            {"problem_id": "p3", "question": "Compute 2 * 2 mod 10.", "steps": ["2 * 2 = 4"], "first_error": 1}]
+    f.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    cases = load_arith(str(f))
+    assert [(c.question, c.label) for c in cases] == [
+        ("Compute 1 + 2 mod 10.", -1), ("Compute 2 + 2 mod 10.", 0), ("Compute 2 * 2 mod 10.", 0)]
+    f.write_text(json.dumps({**rows[1], "steps": []}) + "\n")
+    with pytest.raises(ShepherdError, match=r"mixed.jsonl:1: a record with no steps"):
+        load_arith(str(f))
