@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import torch
 
+from reward.batching import right_pad
 from reward.errors import ShepherdError
 from reward.tasks import BAD_TOKEN, GOOD_TOKEN, STEP_TAG, tag_steps
 
@@ -105,13 +106,7 @@ def score_steps(model: Any, tokenizer: Any, items: Sequence[tuple[str, Sequence[
     out: list[list[float]] = [[] for _ in encoded]
     for start in range(0, len(order), batch_size):
         idx = order[start: start + batch_size]
-        width = max(len(encoded[i][0]) for i in idx)
-        ids = torch.full((len(idx), width), pad, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            n = len(encoded[i][0])
-            ids[row, :n] = torch.tensor(encoded[i][0])
-            mask[row, :n] = 1
+        ids, mask = right_pad([encoded[i][0] for i in idx], pad)
         logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
         probs = torch.sigmoid(tag_logit_margin(logits, good_id, bad_id)).cpu()
         for row, i in enumerate(idx):

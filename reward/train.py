@@ -18,6 +18,7 @@ import torch
 from omegaconf import DictConfig
 from transformers import Trainer
 
+from reward.batching import right_pad
 from reward.config import StageConfig
 from reward.errors import ShepherdError
 from reward.generation import load_causal_lm, load_tokenizer
@@ -113,14 +114,8 @@ class TagCollator:
 
     def __call__(self, rows: Sequence[Example]) -> dict[str, torch.Tensor]:
         encoded = [self.encode(e) for e in rows]
-        width = max(len(ids) for ids, _ in encoded)
-        ids = torch.full((len(rows), width), self.pad, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        targets = torch.full((len(rows), width), math.nan)
-        for i, (x, y) in enumerate(encoded):
-            ids[i, : len(x)] = torch.tensor(x)
-            mask[i, : len(x)] = 1
-            targets[i, : len(y)] = torch.tensor(y)
+        ids, mask = right_pad([x for x, _ in encoded], self.pad)
+        targets, _ = right_pad([y for _, y in encoded], math.nan, torch.float32)
         return {"input_ids": ids, "attention_mask": mask, "targets": targets}
 
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
+from reward.batching import right_pad
 from reward.config import GenerationConfig, StageConfig
 from reward.errors import ShepherdError
 from reward.generation import load_causal_lm, load_generator, load_tokenizer
@@ -133,13 +134,7 @@ def policy_confidence(model: Any, tokenizer: Any, prompts: Sequence[str], soluti
     for start in range(0, len(prompts), batch_size):
         p_ids = tokenizer(list(prompts[start: start + batch_size]))["input_ids"]
         s_ids = tokenizer(list(solutions[start: start + batch_size]), add_special_tokens=False)["input_ids"]
-        rows = [p + s for p, s in zip(p_ids, s_ids)]
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, r in enumerate(rows):
-            ids[i, : len(r)] = torch.tensor(r)
-            mask[i, : len(r)] = 1
+        ids, mask = right_pad([p + s for p, s in zip(p_ids, s_ids)], tokenizer.pad_token_id)
         logp = torch.log_softmax(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float(), -1).cpu()
         for i, (p, s) in enumerate(zip(p_ids, s_ids)):
             if not s:

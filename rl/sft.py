@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig
 from transformers import AutoModelForCausalLM, PretrainedConfig, Trainer
 
+from reward.batching import right_pad
 from reward.config import StageConfig
 from reward.errors import ShepherdError
 from reward.generation import load_causal_lm, load_tokenizer
@@ -61,15 +62,10 @@ class SolutionOnlyCollator:
         self.pad_id = pad_id
 
     def __call__(self, rows: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
-        width = max(len(r["input_ids"]) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id)
-        labels = torch.full((len(rows), width), -100)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        ids, mask = right_pad([r["input_ids"] for r in rows], self.pad_id)
+        labels = torch.where(mask.bool(), ids, -100)
         for i, r in enumerate(rows):
-            n = len(r["input_ids"])
-            ids[i, :n] = torch.tensor(r["input_ids"])
-            mask[i, :n] = 1
-            labels[i, r["prompt_len"]:n] = ids[i, r["prompt_len"]:n]
+            labels[i, : r["prompt_len"]] = -100  # loss on the solution only
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
