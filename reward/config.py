@@ -24,6 +24,7 @@ STAGES = (
     "eval-prm", "ppo", "report", "pipeline",
 )
 SHARED_KEYS = ("experiment", "seed", "task")
+BASE_KEY = "base"  # `base: other.yaml`: this file's keys override that file's (a path relative to this file)
 
 
 def section_name(stage: str) -> str:
@@ -91,6 +92,22 @@ def _merge(base: DictConfig, other: Any, where: str) -> DictConfig:
         raise ShepherdError(f"bad value for config key '{key}' in {where}: {e.msg if hasattr(e, 'msg') else e}") from None
 
 
+def load_experiment(config_file: str, seen: tuple[str, ...] = ()) -> DictConfig:
+    """An experiment file merged over its `base` chain (arms of one experiment share the base)."""
+    if not os.path.isfile(config_file):
+        raise ShepherdError(f"config file not found: {config_file}")
+    if os.path.abspath(config_file) in seen:
+        raise ShepherdError(f"config file {config_file} includes itself through '{BASE_KEY}'")
+    try:
+        raw = OmegaConf.load(config_file)
+    except Exception as e:  # yaml errors carry the line in their message
+        raise ShepherdError(f"cannot parse config file {config_file}: {e}") from None
+    if BASE_KEY not in raw:
+        return raw
+    base_file = os.path.join(os.path.dirname(config_file), str(raw.pop(BASE_KEY)))
+    return OmegaConf.merge(load_experiment(base_file, seen + (os.path.abspath(config_file),)), raw)
+
+
 def load_config(schema: type, stage: str, config_file: str | None = None, overrides: list[str] | None = None) -> DictConfig:
     """Build the resolved, struct-mode config of `stage` from its dataclass `schema`."""
     cfg = OmegaConf.structured(schema)
@@ -98,10 +115,7 @@ def load_config(schema: type, stage: str, config_file: str | None = None, overri
     if config_file:
         if not os.path.isfile(config_file):
             raise ShepherdError(f"config file not found: {config_file}")
-        try:
-            raw = OmegaConf.load(config_file)
-        except Exception as e:  # yaml errors carry the line in their message
-            raise ShepherdError(f"cannot parse config file {config_file}: {e}") from None
+        raw = load_experiment(config_file)
         sections = {section_name(s) for s in STAGES}
         shared = {}
         for key, value in raw.items():

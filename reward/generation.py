@@ -117,6 +117,7 @@ class HFGenerator(Generator):
                  top_p: float = 1.0) -> None:
         self.model, self.tokenizer = model, tokenizer
         self.batch_size, self.max_new_tokens, self.top_p = batch_size, max_new_tokens, top_p
+        self.synced_gpus = False  # ZeRO-3 over several ranks: every rank runs every forward of generate
         self.tokenizer.padding_side = "left"
 
     def encode(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -144,7 +145,7 @@ class HFGenerator(Generator):
             width = enc["input_ids"].shape[1]
             ids = self.model.generate(
                 **enc, **kwargs, max_new_tokens=max_new_tokens or self.max_new_tokens,
-                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=eos,
+                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=eos, synced_gpus=self.synced_gpus,
                 stopping_criteria=StoppingCriteriaList([StopOnStrings(self.tokenizer, stop, width)]) if stop else None,
             )[:, width:]
             for row in ids.tolist():

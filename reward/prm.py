@@ -21,15 +21,16 @@ from reward.tasks import BAD_TOKEN, GOOD_TOKEN, STEP_TAG, tag_steps
 TAG_TEXT = f" {STEP_TAG}"
 
 
-def label_token_ids(tokenizer: Any) -> tuple[int, int, int]:
+def label_token_ids(tokenizer: Any, tag: str = STEP_TAG) -> tuple[int, int, int]:
     """Ids of the step tag and of '+' / '-': each must be one token of this tokenizer."""
     ids = []
-    for text in (TAG_TEXT, GOOD_TOKEN, BAD_TOKEN):
+    tag_text = f" {tag}"
+    for text in (tag_text, GOOD_TOKEN, BAD_TOKEN):
         enc = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(enc) != 1 or enc[0] == tokenizer.unk_token_id:
             # A byte-level BPE may split ' ки' into two tokens: the tag is then its last token.
-            if text == TAG_TEXT and enc and tokenizer.unk_token_id not in enc and \
-                    tokenizer.decode(enc[-1:]).strip() == STEP_TAG:
+            if text == tag_text and enc and tokenizer.unk_token_id not in enc and \
+                    tokenizer.decode(enc[-1:]).strip() == tag:
                 ids.append(enc[-1])
                 continue
             raise ShepherdError(f"the tokenizer has no single token for {text!r}: add it (add_tokens=true)")
@@ -51,15 +52,15 @@ def ensure_label_tokens(model: Any, tokenizer: Any, allow_add: bool) -> tuple[in
     return label_token_ids(tokenizer)
 
 
-def encode_tagged(tokenizer: Any, question: str, steps: Sequence[str], tag_id: int, max_length: int = 0
-                  ) -> tuple[list[int], list[int]]:
+def encode_tagged(tokenizer: Any, question: str, steps: Sequence[str], tag_id: int, max_length: int = 0,
+                  tag: str = STEP_TAG) -> tuple[list[int], list[int]]:
     """Token ids of the tagged text and the positions of its step tags (one per step).
 
     The whole text is tokenized at once, as the published Math-Shepherd recipe does. Where a malformed
     step merges with its tag (e.g. a step cut after an operator), the text is encoded piece by piece
     with the tag id appended after each step, so every step keeps exactly one tag.
     """
-    ids = tokenizer(tag_steps(question, list(steps)))["input_ids"]
+    ids = tokenizer(tag_steps(question, list(steps), tag))["input_ids"]
     positions = [i for i, t in enumerate(ids) if t == tag_id]
     if len(positions) != len(steps):
         ids = tokenizer(question + "\n")["input_ids"]
@@ -95,13 +96,14 @@ def step_bce(logits: torch.Tensor, targets: torch.Tensor, good_id: int, bad_id: 
 
 @torch.no_grad()
 def score_steps(model: Any, tokenizer: Any, items: Sequence[tuple[str, Sequence[str]]], batch_size: int = 64,
-                max_length: int = 0) -> list[list[float]]:
+                max_length: int = 0, tag: str = STEP_TAG) -> list[list[float]]:
     """P(correct) for every step of every (question, steps) item: one forward pass per solution,
-    solutions batched (right padding; the causal mask keeps padding out of the tags' context)."""
-    tag_id, good_id, bad_id = label_token_ids(tokenizer)
+    solutions batched (right padding; the causal mask keeps padding out of the tags' context).
+    `tag` is the reward model's own step tag (released PRMs differ from the policy's)."""
+    tag_id, good_id, bad_id = label_token_ids(tokenizer, tag)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
-    encoded = [encode_tagged(tokenizer, q, s, tag_id, max_length) for q, s in items]
+    encoded = [encode_tagged(tokenizer, q, s, tag_id, max_length, tag) for q, s in items]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))  # similar lengths together
     out: list[list[float]] = [[] for _ in encoded]
     for start in range(0, len(order), batch_size):

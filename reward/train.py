@@ -22,6 +22,7 @@ from reward.batching import right_pad
 from reward.config import StageConfig
 from reward.errors import ShepherdError
 from reward.generation import load_causal_lm, load_tokenizer
+from reward.grow import expand_layers
 from reward.io import iter_jsonl
 from reward.labels import from_math_shepherd
 from reward.prm import encode_tagged, ensure_label_tokens, score_steps, step_bce
@@ -45,6 +46,7 @@ class RewardTrainConfig(StageConfig):
     init: str = ""  # causal-LM folder to start from (e.g. the world's policy)
     label_type: str = "he"  # prm: he (hard) or se (soft targets)
     add_tokens: bool = True  # add the step tag and +/- to the tokenizer when missing
+    expand_layers: int = 0  # append this many identity-initialised blocks (reward.grow): deeper than init
     val_share: float = 0.1  # problems held out for validation (split by problem)
     max_length: int = 1024
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -161,6 +163,7 @@ def run(cfg: DictConfig) -> dict:
     torch.manual_seed(cfg.seed)
     model = load_causal_lm(cfg.init, "init", device="cpu")
     tag_id, good_id, bad_id = ensure_label_tokens(model, tokenizer, cfg.add_tokens)
+    expand_layers(model, cfg.expand_layers)
     if cfg.lora.enabled:
         from peft import LoraConfig, get_peft_model
 

@@ -20,6 +20,7 @@ STAGES = {
     "score": ("reward.score", "P(correct) for every step of every solution in a jsonl (scores.jsonl)"),
     "verify": ("reward.verify", "best-of-N with PRM / ORM / majority / confidence, pairwise accuracy, plot"),
     "eval-prm": ("reward.eval_prm", "how well a PRM finds the first wrong step: ProcessBench F1 (arith oracle or ProcessBench)"),
+    "ppo": ("rl.ppo", "step-by-step PPO under DeepSpeed ZeRO: PRM reward at every step, ORM / rule baselines"),
 }
 
 

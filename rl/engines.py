@@ -1,0 +1,118 @@
+"""The four PPO models as DeepSpeed engines (OpenRLHF's split): actor and critic train under the
+configured ZeRO stage; the reference policy and the reward model are inference engines (ZeRO-3 when
+training is ZeRO-3, else stage 0: with no optimizer there is nothing for ZeRO-1/2 to shard).
+
+On CPU the ranks talk over gloo; one process is a world of one. Under ZeRO-3 the models are built
+inside `zero.Init` (through transformers' `HfDeepSpeedConfig`), so no rank ever holds a whole copy.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import socket
+from typing import Any, Callable
+
+import torch
+
+from reward.errors import ShepherdError
+
+
+def init_distributed() -> tuple[int, int, torch.device]:
+    """Rank, world size and device; a plain `python -m rl.ppo` becomes a world of one."""
+    import deepspeed
+
+    if "RANK" not in os.environ:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=os.environ.get("MASTER_PORT", str(port)))
+    if not torch.distributed.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local)
+        return rank, world, torch.device("cuda", local)
+    return rank, world, torch.device("cpu")
+
+
+def ds_config(path: str, micro_batch: int, grad_clip: float, world: int, train: bool) -> dict[str, Any]:
+    """A DeepSpeed JSON with its "auto" values filled in; inference engines drop to stage 0 unless 3."""
+    if not os.path.isfile(path):
+        raise ShepherdError(f"DeepSpeed config not found: {path} (key deepspeed)")
+    try:
+        with open(path) as f:
+            cfg = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ShepherdError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    cfg = copy.deepcopy(cfg)
+    cfg.update(train_micro_batch_size_per_gpu=micro_batch, gradient_accumulation_steps=1,
+               train_batch_size=micro_batch * world, gradient_clipping=grad_clip)
+    cfg.setdefault("bf16", {})["enabled"] = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    cfg.pop("optimizer", None)  # we pass torch's AdamW: DeepSpeed's fused Adam compiles for minutes on CPU
+    cfg.pop("scheduler", None)
+    zero = cfg.setdefault("zero_optimization", {})
+    if not train and zero.get("stage", 0) != 3:
+        cfg["zero_optimization"] = {"stage": 0}
+    cfg["zero_allow_untested_optimizer"] = True
+    return cfg
+
+
+def zero_stage(cfg: dict[str, Any]) -> int:
+    return int(cfg.get("zero_optimization", {}).get("stage", 0))
+
+
+def build(load: Callable[[], Any], cfg: dict[str, Any], lr: float | None = None, device: torch.device | None = None,
+          schedule: Callable[[int], float] | None = None) -> Any:
+    """Load a model (inside zero.Init under ZeRO-3) and wrap it in a DeepSpeed engine; `lr` None: frozen.
+    `schedule` scales the learning rate per optimiser step (the engine steps and checkpoints it)."""
+    import deepspeed
+    from transformers.integrations import HfDeepSpeedConfig, unset_hf_deepspeed_config
+
+    keep = HfDeepSpeedConfig(cfg) if zero_stage(cfg) == 3 else None  # noqa: F841 (must outlive the load)
+    model = load()
+    unset_hf_deepspeed_config()
+    if device is not None and zero_stage(cfg) != 3:
+        model = model.to(device)
+    if lr is None:
+        model.requires_grad_(False)
+        model.eval()
+        engine, *_ = deepspeed.initialize(model=model, config=cfg)
+        return engine
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.0)
+    scheduler = (lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule)) if schedule else None
+    engine, *_ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler, config=cfg)
+    return engine
+
+
+def gathered_state_dict(engine: Any) -> dict[str, torch.Tensor] | None:
+    """The whole model's weights on rank 0 (a collective under ZeRO-3: every rank must call it)."""
+    if zero_stage(engine.config) == 3:
+        return engine._zero3_consolidated_16bit_state_dict()
+    if torch.distributed.get_rank() != 0:
+        return None
+    return {k: v.detach().cpu() for k, v in engine.module.state_dict().items()}
+
+
+def save_hf(engine: Any, tokenizer: Any, out_dir: str) -> None:
+    """The trained model as a safetensors folder `from_pretrained` loads; written to a sibling folder
+    and renamed, so a kill never leaves half a model. LoRA adapters are merged (ZeRO-2 only)."""
+    module = engine.module
+    if hasattr(module, "merge_and_unload"):
+        module = copy.deepcopy(module).merge_and_unload() if torch.distributed.get_rank() == 0 else None
+        state = module.state_dict() if module is not None else None
+    else:
+        state = gathered_state_dict(engine)
+    if torch.distributed.get_rank() == 0:
+        tmp = out_dir.rstrip("/") + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        target = module if module is not None else engine.module
+        target.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.replace(tmp, out_dir)
+    torch.distributed.barrier()

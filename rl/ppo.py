@@ -1,0 +1,434 @@
+"""`shepherd ppo`: step-by-step PPO under DeepSpeed ZeRO, the PRM rewarding every step of a rollout.
+
+    shepherd ppo --config configs/experiments/arith_tiny_ppo_prm.yaml
+    deepspeed --num_gpus 8 --module rl.ppo --config configs/experiments/gsm8k_mistral7b_ppo_prm.yaml
+
+One update, top to bottom (CleanRL's order): sample rollouts from the actor; score them (reward
+placement in `rl.rewards`); log-probs of actor and reference, values of the critic; per-token rewards
+with the KL penalty; GAE; several epochs of clipped policy and value losses over minibatches. Every
+`eval_every` updates: greedy and sampled accuracy on a held-out split; every `checkpoint_every`:
+actor, critic, optimisers, schedulers and RNG, so `resume=true` finishes a killed run with the same
+number of updates. The PPO math is in `rl.losses`, the engines in `rl.engines`.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig
+from tqdm import tqdm
+
+from reward.config import GenerationConfig, StageConfig
+from reward.errors import ShepherdError
+from reward.generation import HFGenerator, load_causal_lm, load_tokenizer
+from reward.io import append_jsonl, read_jsonl_resumable, write_json, write_jsonl_atomic
+from reward.prm import score_steps
+from reward.stage import stage_main
+from reward.tasks import Problem, Task, load_task
+from reward.train import LoraSettings
+from rl import engines
+from rl.evaluate import majority_answer
+from rl.losses import entropy_from_logits, gae, masked_mean, policy_loss, value_loss, whiten
+from rl.rewards import RewardConfig, Rollout, check_config, normalize_task_rewards, rollout_rewards, with_kl
+
+
+@dataclass
+class PPOHyper:
+    updates: int = 40
+    prompts_per_update: int = 64  # over all ranks
+    samples_per_prompt: int = 8
+    epochs: int = 2
+    minibatch_size: int = 128  # rollouts per optimiser step, per rank
+    lr: float = 5e-4
+    critic_lr: float = 1e-3
+    schedule: str = "linear"  # linear | cosine decay of both learning rates to min_lr_ratio over the run
+    min_lr_ratio: float = 1.0  # 1.0: constant
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip_ratio: float = 0.2
+    value_clip: float = 0.2
+    entropy_coef: float = 0.0
+    max_grad_norm: float = 1.0
+    target_kl: float = 0.0  # stop an update's epochs once approx KL passes 1.5x this; 0: off
+    whiten_advantages: bool = True
+    temperature: float = 1.0
+    max_new_tokens: int = 96
+
+
+@dataclass
+class PPOConfig(StageConfig):
+    policy: str = ""  # the SFT policy folder: actor and reference start here
+    critic_init: str = "policy"  # policy | reward | a model folder
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    ppo: PPOHyper = field(default_factory=PPOHyper)
+    deepspeed: str = "configs/deepspeed/zero2.json"
+    lora: LoraSettings = field(default_factory=LoraSettings)  # on the actor; the reference = adapters off
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    train_split: str = "train"
+    train_problems: int = 20000
+    eval_split: str = "val"  # periodic evaluation (never the test split: runs are compared on it)
+    eval_every: int = 10
+    eval_problems: int = 200
+    eval_samples: int = 4
+    final_split: str = "test"
+    final_eval_problems: int = 500
+    final_eval_samples: int = 4
+    checkpoint_every: int = 10
+    resume: bool = False
+
+
+# ----------------------------------------------------------------------------------- rollouts
+@dataclass
+class Batch:
+    """Rollouts on a [B, R] response grid (R = longest response), plus the full sequences."""
+
+    ids: torch.Tensor  # [B, T] prompt + response, right-padded
+    attention: torch.Tensor  # [B, T]
+    index: torch.Tensor  # [B, R] position in `ids` whose logits predict response token j
+    tokens: torch.Tensor  # [B, R] response tokens
+    mask: torch.Tensor  # [B, R] 1 on real response tokens
+
+
+def make_batch(prompts: list[list[int]], responses: list[list[int]], pad: int, device: torch.device) -> Batch:
+    seqs = [p + r for p, r in zip(prompts, responses)]
+    width, resp = max(map(len, seqs)), max(1, max(map(len, responses)))
+    ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+    attention = torch.zeros_like(ids)
+    tokens = torch.full((len(seqs), resp), pad, dtype=torch.long)
+    mask = torch.zeros((len(seqs), resp))
+    for i, (s, r) in enumerate(zip(seqs, responses)):
+        ids[i, : len(s)], attention[i, : len(s)] = torch.tensor(s), 1
+        if r:
+            tokens[i, : len(r)], mask[i, : len(r)] = torch.tensor(r), 1
+    starts = torch.tensor([len(p) - 1 for p in prompts])[:, None]
+    index = (starts + torch.arange(resp)[None]).clamp(max=width - 1)
+    return Batch(*(t.to(device) for t in (ids, attention, index, tokens, mask)))
+
+
+def rows(batch: Batch, idx: torch.Tensor) -> Batch:
+    return Batch(*(t[idx] for t in (batch.ids, batch.attention, batch.index, batch.tokens, batch.mask)))
+
+
+def at_response(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """[B, T, ...] -> [B, R, ...]: the entries at each response token's predicting position."""
+    idx = index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand(*index.shape, *x.shape[2:])
+    return x.gather(1, idx)
+
+
+def actor_forward(model: Any, b: Batch, temperature: float, entropy: bool = False
+                  ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Log-probs of the response tokens under the sampling temperature (and the entropy)."""
+    logits = at_response(model(input_ids=b.ids, attention_mask=b.attention).logits, b.index).float() / temperature
+    logp = torch.log_softmax(logits, -1).gather(-1, b.tokens[..., None])[..., 0]
+    return logp, entropy_from_logits(logits) if entropy else None
+
+
+def critic_forward(model: Any, b: Batch) -> torch.Tensor:
+    return at_response(model(input_ids=b.ids, attention_mask=b.attention).logits[..., 0].float(), b.index)
+
+
+@torch.no_grad()
+def in_chunks(fn: Any, b: Batch, size: int) -> torch.Tensor:
+    return torch.cat([fn(rows(b, torch.arange(i, min(i + size, len(b.ids)), device=b.ids.device)))
+                      for i in range(0, len(b.ids), size)])
+
+
+def prompt_ids(generator: HFGenerator, prompt: str) -> list[int]:
+    return generator.encode([prompt])["input_ids"][0].tolist()
+
+
+# ----------------------------------------------------------------------------------- evaluation
+def evaluate(generator: HFGenerator, task: Task, problems: list[Problem], samples: int, temperature: float,
+             seed: int, rank: int, world: int) -> dict[str, float]:
+    """Greedy, sampled and majority accuracy, each rank on its shard (equal shard sizes keep ZeRO-3's
+    synchronised generation in step), summed over ranks."""
+    per = math.ceil(len(problems) / world)
+    mine = problems[rank * per: (rank + 1) * per]
+    real = len(mine)
+    mine = mine + [problems[0]] * (per - real)  # padding rows are generated but not counted
+    prompts = [task.format_prompt(p.question, generator.tokenizer) for p in mine]
+    greedy = generator.generate(prompts, 1, 0.0, seed)
+    sampled = generator.generate(prompts, samples, temperature, seed + 1)
+    counts = torch.zeros(4, dtype=torch.float64)
+    for p, g, s in list(zip(mine, greedy, sampled))[:real]:
+        counts[0] += task.is_correct(g[0].text, p.gold)
+        counts[1] += sum(task.is_correct(x.text, p.gold) for x in s) / samples
+        counts[2] += task.is_equivalent(majority_answer([task.extract_answer(x.text) for x in s]), p.gold)
+        counts[3] += 1
+    torch.distributed.all_reduce(counts)
+    n = max(1.0, float(counts[3]))
+    return {"accuracy_greedy": round(float(counts[0]) / n, 4), "accuracy_t1": round(float(counts[1]) / n, 4),
+            f"accuracy_maj{samples}": round(float(counts[2]) / n, 4), "problems": int(counts[3])}
+
+
+# ----------------------------------------------------------------------------------- checkpoints
+def rng_state() -> dict[str, Any]:
+    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
+
+
+def set_rng_state(s: dict[str, Any]) -> None:
+    torch.set_rng_state(s["torch"])
+    random.setstate(s["python"])
+    np.random.set_state(s["numpy"])
+
+
+def save_checkpoint(root: str, update: int, actor: Any, critic: Any, state: dict[str, Any], rank: int) -> None:
+    """Engines (weights, optimiser, ZeRO shards) and per-rank RNG, then `latest.json` last: a kill
+    mid-save leaves the previous checkpoint in charge."""
+    path = os.path.join(root, f"update_{update:05d}")
+    actor.save_checkpoint(path, tag="actor", client_state=state, save_latest=False)
+    critic.save_checkpoint(path, tag="critic", save_latest=False)
+    torch.save(rng_state(), os.path.join(path, f"rng_rank{rank}.pt"))
+    torch.distributed.barrier()
+    if rank == 0:
+        write_json(os.path.join(root, "latest.json"), {"update": update, "path": path})
+        for old in os.listdir(root):
+            if old.startswith("update_") and os.path.join(root, old) != path:
+                shutil.rmtree(os.path.join(root, old), ignore_errors=True)
+    torch.distributed.barrier()
+
+
+def load_checkpoint(root: str, actor: Any, critic: Any, rank: int) -> dict[str, Any] | None:
+    latest = os.path.join(root, "latest.json")
+    if not os.path.isfile(latest):
+        return None
+    with open(latest) as f:
+        path = json.load(f)["path"]
+    _, state = actor.load_checkpoint(path, tag="actor")
+    critic.load_checkpoint(path, tag="critic")
+    set_rng_state(torch.load(os.path.join(path, f"rng_rank{rank}.pt"), weights_only=False))
+    return state
+
+
+# ----------------------------------------------------------------------------------- the run
+def check(cfg: DictConfig, world: int) -> None:
+    check_config(cfg.reward)
+    if not cfg.policy:
+        raise ShepherdError("no policy given (key policy): the SFT policy folder")
+    p = cfg.ppo
+    if p.prompts_per_update % world:
+        raise ShepherdError(f"ppo.prompts_per_update={p.prompts_per_update} must divide among {world} ranks")
+    if p.schedule not in ("linear", "cosine"):
+        raise ShepherdError(f"unknown schedule '{p.schedule}' (key ppo.schedule); use linear or cosine")
+    if cfg.generation.backend != "hf":
+        raise ShepherdError("PPO rollouts use generation.backend=hf in this version (vLLM serves sample/annotate)")
+    if cfg.lora.enabled and "zero3" in os.path.basename(cfg.deepspeed):
+        raise ShepherdError("LoRA on the actor needs ZeRO-2 (key deepspeed): merging adapters under ZeRO-3 is not supported")
+
+
+def load_critic(path: str) -> Any:
+    """A value head on a causal LM: transformers' token-classification model with one output, its
+    backbone from `path` and a zero-initialised head (every value starts at 0)."""
+    from transformers import AutoConfig, AutoModelForTokenClassification
+
+    config = AutoConfig.from_pretrained(path, num_labels=1)
+    config.classifier_dropout = 0.0  # transformers defaults to 0.1: values must not be noisy
+    model = AutoModelForTokenClassification.from_pretrained(path, config=config)
+    head = model.score if hasattr(model, "score") else model.classifier
+    with torch.no_grad():
+        head.weight.zero_()
+        if getattr(head, "bias", None) is not None:
+            head.bias.zero_()
+    return model
+
+
+def run(cfg: DictConfig) -> dict:
+    rank, world, device = engines.init_distributed()
+    check(cfg, world)
+    p, rc = cfg.ppo, cfg.reward
+    started = time.time()
+    torch.manual_seed(cfg.seed + rank)
+    task = load_task(cfg.task)
+    tokenizer = load_tokenizer(cfg.policy, "policy")
+    train_cfg = engines.ds_config(cfg.deepspeed, p.minibatch_size, p.max_grad_norm, world, train=True)
+    frozen_cfg = engines.ds_config(cfg.deepspeed, p.minibatch_size, p.max_grad_norm, world, train=False)
+
+    def load_actor() -> Any:
+        model = load_causal_lm(cfg.policy, "policy", device="cpu")
+        if cfg.lora.enabled:
+            from peft import LoraConfig, get_peft_model
+
+            model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
+                                                     lora_dropout=cfg.lora.dropout,
+                                                     target_modules=list(cfg.lora.target_modules)))
+        return model
+
+    per_rank = p.prompts_per_update // world
+    total_steps = p.updates * p.epochs * math.ceil(per_rank * p.samples_per_prompt / p.minibatch_size)
+
+    def decay(step: int) -> float:
+        done = min(1.0, step / total_steps)
+        shape = done if p.schedule == "linear" else 0.5 * (1 - math.cos(math.pi * done))
+        return 1.0 - (1.0 - p.min_lr_ratio) * shape
+    actor = engines.build(load_actor, train_cfg, p.lr, device, decay)
+    critic_path = {"policy": cfg.policy, "reward": rc.model}.get(cfg.critic_init, cfg.critic_init)
+    critic = engines.build(lambda: load_critic(critic_path), train_cfg, p.critic_lr, device, decay)
+    ref = None if cfg.lora.enabled else engines.build(lambda: load_causal_lm(cfg.policy, "policy", device="cpu"),
+                                                     frozen_cfg, None, device)
+    rm = rm_tok = None
+    if rc.type != "rule":
+        rm = engines.build(lambda: load_causal_lm(rc.model, "reward.model", device="cpu"), frozen_cfg, None, device)
+        rm_tok = load_tokenizer(rc.model, "reward.model")
+
+    generator = HFGenerator(actor.module, tokenizer, cfg.generation.batch_size, p.max_new_tokens, cfg.generation.top_p)
+    generator.synced_gpus = engines.zero_stage(train_cfg) == 3 and world > 1
+    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+
+    problems = task.problems(cfg.train_split, cfg.train_problems, seed=cfg.seed)
+    random.Random(cfg.seed).shuffle(problems)
+    eval_set = task.problems(cfg.eval_split, cfg.eval_problems, seed=cfg.seed)
+    final_set = task.problems(cfg.final_split, cfg.final_eval_problems, seed=cfg.seed)
+
+    ckpt_root = os.path.join(cfg.output_dir, "checkpoints")
+    log_path = os.path.join(cfg.output_dir, "log.jsonl")
+    state: dict[str, Any] = {"update": 0}
+    loaded = load_checkpoint(ckpt_root, actor, critic, rank) if cfg.resume else None
+    if loaded is not None:
+        state = {k: v for k, v in loaded.items() if k in ("update", "sft", "wall")}
+        if rank == 0:  # drop log lines of updates after the checkpoint (they will run again)
+            write_jsonl_atomic(log_path, [r for r in read_jsonl_resumable(log_path) if r["update"] <= state["update"]])
+    elif rank == 0:
+        shutil.rmtree(ckpt_root, ignore_errors=True)
+        for stale in (log_path, os.path.join(cfg.output_dir, "tensorboard")):
+            shutil.rmtree(stale, ignore_errors=True) if os.path.isdir(stale) else (
+                os.path.exists(stale) and os.remove(stale))
+    if "sft" not in state:  # the starting policy on the final split, same problems and seeds: a paired baseline
+        state["sft"] = evaluate(generator, task, final_set, cfg.final_eval_samples, p.temperature, cfg.seed, rank, world)
+    writer = None
+    if rank == 0:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(os.path.join(cfg.output_dir, "tensorboard"), purge_step=state["update"] + 1)
+    bar = tqdm(total=p.updates, initial=state["update"], desc="ppo", disable=rank != 0, dynamic_ncols=True)
+    wall_before = state.get("wall", 0.0)
+    for update in range(state["update"] + 1, p.updates + 1):
+        t0 = time.time()
+        # 1. rollouts: this rank's prompts of this update (a fixed order, so a resumed run sees the same data)
+        start = ((update - 1) * p.prompts_per_update + rank * per_rank) % len(problems)
+        batch_problems = [problems[(start + i) % len(problems)] for i in range(per_rank)]
+        texts = [task.format_prompt(q.question, tokenizer) for q in batch_problems]
+        actor.eval()
+        critic.eval()
+        samples = generator.generate(texts, p.samples_per_prompt, p.temperature,
+                                     seed=cfg.seed * 1_000_003 + update * world + rank)
+        rollouts, prompt_tokens = [], []
+        for q, text, group in zip(batch_problems, texts, samples):
+            ids = prompt_ids(generator, text)
+            for s in group:
+                g = task.grade(q, s.text)
+                rollouts.append(Rollout(q.question, s.text, s.token_ids + ([eos] if s.finished else []), g["steps"],
+                                        bool(g["correct"]), g["answer"] is not None, bool(g["well_formed"])))
+                prompt_tokens.append(ids)
+        # 2. scores and reward placement (reward model with its own tokenizer; every rank scores all of
+        #    its rollouts, so ZeRO-3 ranks run the same number of forward passes)
+        step_scores: list[list[float] | None] = [None] * len(rollouts)
+        if rm is not None:
+            step_scores = score_steps(rm.module, rm_tok, [(r.question, r.steps) for r in rollouts],
+                                      rc.score_batch_size, rc.max_length, rc.step_tag)
+        placed = [rollout_rewards(r, rc, tokenizer, s) for r, s in zip(rollouts, step_scores)]
+        b = make_batch(prompt_tokens, [r.token_ids for r in rollouts], pad, device)
+        task_rewards = torch.zeros_like(b.mask)
+        for i, (rw, _) in enumerate(placed):
+            task_rewards[i, : len(rw)] = torch.tensor(rw)
+        if rc.normalize:
+            task_rewards = normalize_task_rewards(task_rewards)
+        # 3. old log-probs, reference log-probs, values
+        old_logp = in_chunks(lambda x: actor_forward(actor, x, p.temperature)[0], b, p.minibatch_size)
+        if ref is not None:
+            ref_logp = in_chunks(lambda x: actor_forward(ref, x, p.temperature)[0], b, p.minibatch_size)
+        else:
+            with actor.module.disable_adapter():
+                ref_logp = in_chunks(lambda x: actor_forward(actor, x, p.temperature)[0], b, p.minibatch_size)
+        old_values = in_chunks(lambda x: critic_forward(critic, x), b, p.minibatch_size)
+        # 4. per-token rewards with the KL penalty, then GAE
+        rewards, kl = with_kl(task_rewards, old_logp, ref_logp, b.mask, rc)
+        advantages, returns = gae(rewards, old_values, b.mask, p.gamma, p.lam)
+        if p.whiten_advantages:
+            advantages = whiten(advantages, b.mask)
+        # 5. epochs of minibatch updates
+        actor.train()
+        critic.train()
+        stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clip_fraction", "approx_kl", "entropy")}
+        order = torch.Generator().manual_seed(cfg.seed * 7919 + update)
+        for _ in range(p.epochs):
+            epoch_kl = []
+            for idx in torch.randperm(len(rollouts), generator=order).split(p.minibatch_size):
+                idx = idx.to(device)
+                mb = rows(b, idx)
+                logp, ent = actor_forward(actor, mb, p.temperature, entropy=True)
+                pg, pstats = policy_loss(logp, old_logp[idx], advantages[idx], mb.mask, p.clip_ratio)
+                entropy = masked_mean(ent, mb.mask)
+                actor.backward(pg - p.entropy_coef * entropy)
+                actor.step()
+                vl = value_loss(critic_forward(critic, mb), old_values[idx], returns[idx], mb.mask, p.value_clip)
+                critic.backward(vl)
+                critic.step()
+                for k, v in (("policy_loss", pg), ("value_loss", vl), ("entropy", entropy), *pstats.items()):
+                    stats[k].append(float(v.detach()))
+                epoch_kl.append(float(pstats["approx_kl"]))
+            kl_now = torch.tensor(sum(epoch_kl) / len(epoch_kl))
+            torch.distributed.all_reduce(kl_now)
+            if p.target_kl > 0 and float(kl_now) / world > 1.5 * p.target_kl:
+                break
+        # 6. log: the learned reward beside true accuracy (the hacking alarm), KL, lengths, steps per response
+        lengths = b.mask.sum(1)
+        local = {
+            "reward/task_return": float(task_rewards.sum(1).mean()),
+            "reward/score": sum(m["score"] for _, m in placed) / len(placed),
+            "reward/total_return": float(rewards.sum(1).mean()),
+            "reward/per_step": float(task_rewards.sum() / max(1, sum(len(r.steps) for r in rollouts))),
+            "train/accuracy": sum(r.correct for r in rollouts) / len(rollouts),
+            "train/format_error": sum(not r.well_formed for r in rollouts) / len(rollouts),
+            "train/no_answer": sum(not r.has_answer for r in rollouts) / len(rollouts),
+            "kl/per_response": float(kl.sum(1).mean()),
+            "response/length": float(lengths.mean()),
+            "response/steps": sum(len(r.steps) for r in rollouts) / len(rollouts),
+            **{f"loss/{k}" if "loss" in k else f"policy/{k}": sum(v) / max(1, len(v)) for k, v in stats.items()},
+        }
+        reduced = torch.tensor(list(local.values()), dtype=torch.float64)
+        torch.distributed.all_reduce(reduced)
+        row = {"update": update, **{k: round(float(v) / world, 5) for k, v in zip(local, reduced)},
+               "lr": actor.get_lr()[0], "seconds": round(time.time() - t0, 2)}
+        if update % cfg.eval_every == 0 or update == p.updates:
+            actor.eval()
+            row.update({f"eval/{k}": v for k, v in evaluate(generator, task, eval_set, cfg.eval_samples,
+                                                                p.temperature, cfg.seed, rank, world).items()})
+        if rank == 0:
+            append_jsonl(log_path, [row])
+            for k, v in row.items():
+                if k != "update":
+                    writer.add_scalar(k, v, update)
+            writer.flush()
+            bar.set_postfix(reward=f"{row['reward/task_return']:.3f}", acc=f"{row['train/accuracy']:.3f}")
+            bar.update(1)
+        if update % cfg.checkpoint_every == 0 or update == p.updates:
+            state.update(update=update, wall=wall_before + time.time() - started)
+            save_checkpoint(ckpt_root, update, actor, critic, state, rank)
+    bar.close()
+    actor.eval()
+    final = evaluate(generator, task, final_set, cfg.final_eval_samples, p.temperature, cfg.seed, rank, world)
+    engines.save_hf(actor, tokenizer, os.path.join(cfg.output_dir, "policy"))
+    log = read_jsonl_resumable(log_path) if rank == 0 else []
+    last = log[-1] if log else {}
+    return {**final, **{f"sft_{k}": v for k, v in state["sft"].items() if k != "problems"},
+            "final_split": cfg.final_split, "updates": p.updates, "world_size": world, "reward_type": rc.type,
+            "rollouts": p.updates * p.prompts_per_update * p.samples_per_prompt,
+            "final_task_return": last.get("reward/task_return"), "final_kl": last.get("kl/per_response"),
+            "final_steps_per_response": last.get("response/steps"),
+            "wall_seconds": round(wall_before + time.time() - started, 1)}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return stage_main("ppo", PPOConfig, run, __doc__, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,170 @@
+"""Reward placement for PPO: which reward lands on which response token.
+
+- `prm`: the PRM's score of step k at the last token of step k (dense step rewards), shaped:
+  `delta` (p_k - p_{k-1}, p_0 = delta_base: sums to p_last - p_0, so piling up steps earns nothing;
+  the default, because a raw or centred per-step reward taught a policy here to skip steps and break
+  format), `clip` (min(p_k - threshold, 0): a step can only cost, after Gao et al. 2024) or `none`;
+- `prm_min`: min-form credit assignment (PURE, Cheng et al. 2025): step k gets p_k * softmin weight,
+  so the return is the soft minimum of the step scores;
+- `orm`: the ORM's score (its last tag) at the last token;
+- `rule`: 1/0 for the gold answer at the last token.
+Every type adds `rule_weight` x the rule reward (a weighted sum of process and outcome reward), a
+penalty for a rollout without a final answer or with broken format, and a per-token KL penalty.
+
+The reward model may use another tokenizer and step tag than the policy: steps are split from the
+rollout's text, scored by the reward model with its own tokenizer, and each step's reward lands on
+the policy token where the step's text ends. Written here because TRL's PPO adds one scalar at the
+last token and has no hook for step rewards.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from reward.errors import ShepherdError
+from reward.tasks import STEP_TAG
+from rl.losses import kl_estimate
+
+TYPES = ("prm", "prm_min", "orm", "rule")
+SHAPINGS = ("delta", "clip", "none")
+
+
+@dataclass
+class RewardConfig:
+    type: str = "prm"  # prm | prm_min | orm | rule
+    model: str = ""  # reward-model folder (prm, prm_min, orm)
+    step_tag: str = STEP_TAG  # the reward model's own step tag
+    shaping: str = "delta"  # prm: delta | clip | none
+    delta_base: float = 0.5  # delta: the score before the first step
+    clip_threshold: float = 0.5  # clip: step reward min(p - threshold, 0)
+    min_temperature: float = 0.1  # prm_min: softmin temperature over a rollout's step scores
+    process_weight: float = 1.0  # weight of the reward model's rewards
+    rule_weight: float = 0.0  # weight of the 1/0 gold-answer reward added at the last token
+    no_answer_penalty: float = -1.0  # at the last token of a rollout with no final answer
+    format_penalty: float = -0.5  # at the last token of a rollout with an answer but broken steps
+    kl_coef: float = 0.02  # per-token KL penalty against the reference policy
+    kl_estimator: str = "k1"  # k1 | k3
+    normalize: bool = False  # divide task rewards by the batch std of their per-rollout sums
+    clip: float = 0.0  # clip each placed task reward to [-clip, clip]; 0: off
+    score_batch_size: int = 64
+    max_length: int = 1024
+
+
+def check_config(cfg: Any) -> None:
+    if cfg.type not in TYPES:
+        raise ShepherdError(f"unknown reward type '{cfg.type}' (key reward.type); use one of {', '.join(TYPES)}")
+    if cfg.shaping not in SHAPINGS:
+        raise ShepherdError(f"unknown shaping '{cfg.shaping}' (key reward.shaping); use one of {', '.join(SHAPINGS)}")
+    if cfg.kl_estimator not in ("k1", "k3"):
+        raise ShepherdError(f"unknown KL estimator '{cfg.kl_estimator}' (key reward.kl_estimator); use k1 or k3")
+    if cfg.type != "rule" and not cfg.model:
+        raise ShepherdError(f"reward.type={cfg.type} needs a reward model folder (key reward.model)")
+
+
+def shape_step_scores(scores: Sequence[float], cfg: Any) -> list[float]:
+    """Per-step rewards from a rollout's step scores, by `type` (prm, prm_min) and `shaping`."""
+    if not scores:
+        return []
+    if cfg.type == "prm_min":
+        weights = torch.softmax(-torch.tensor(scores, dtype=torch.float64) / cfg.min_temperature, 0)
+        return [s * w for s, w in zip(scores, weights.tolist())]
+    if cfg.shaping == "delta":
+        return [s - p for s, p in zip(scores, [cfg.delta_base, *scores[:-1]])]
+    if cfg.shaping == "clip":
+        return [min(s - cfg.clip_threshold, 0.0) for s in scores]
+    return list(scores)
+
+
+def step_spans(text: str, steps: Sequence[str]) -> list[int]:
+    """Character offset where each step (a stripped line of `text`) ends."""
+    ends, cursor = [], 0
+    for step in steps:
+        start = text.find(step, cursor)
+        if start < 0:
+            raise ShepherdError(f"step {step!r} not found in the rollout text")
+        cursor = start + len(step)
+        ends.append(cursor)
+    return ends
+
+
+def token_ends(tokenizer: Any, token_ids: Sequence[int], char_ends: Sequence[int]) -> list[int]:
+    """The index of the first policy token whose decoded prefix reaches each character offset.
+
+    Binary search over prefix decodes: exact for any tokenizer whose prefix decodes are prefixes of
+    the full text, without re-tokenizing (a re-tokenization need not reproduce sampled ids)."""
+    def reach(i: int) -> int:
+        return len(tokenizer.decode(list(token_ids[: i + 1]), skip_special_tokens=True))
+
+    out = []
+    for end in char_ends:
+        lo, hi = 0, len(token_ids) - 1
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if reach(mid) >= end:
+                hi = mid
+            else:
+                lo = mid + 1
+        out.append(lo)
+    return out
+
+
+def place(n_tokens: int, step_ends: Sequence[int], step_rewards: Sequence[float], outcome: float) -> list[float]:
+    """One rollout's task rewards: each step's at its last token, the outcome at the last token."""
+    rewards = [0.0] * n_tokens
+    for pos, r in zip(step_ends, step_rewards):
+        rewards[pos] += r
+    rewards[n_tokens - 1] += outcome
+    return rewards
+
+
+@dataclass
+class Rollout:
+    """What the reward needs to know about one sampled response."""
+
+    question: str
+    text: str
+    token_ids: list[int]  # the response's policy tokens (EOS included when it stopped there)
+    steps: list[str]
+    correct: bool
+    has_answer: bool
+    well_formed: bool
+
+
+def rollout_rewards(rollout: Rollout, cfg: Any, tokenizer: Any, step_scores: Sequence[float] | None
+                    ) -> tuple[list[float], dict[str, float]]:
+    """Task rewards (no KL) for every token of one rollout, and what went into them."""
+    rule = float(rollout.correct)
+    penalty = 0.0 if rollout.well_formed else cfg.format_penalty if rollout.has_answer else cfg.no_answer_penalty
+    outcome = cfg.rule_weight * rule + penalty
+    step_rewards: list[float] = []
+    ends: list[int] = []
+    score = rule
+    if cfg.type == "rule":
+        outcome += rule
+    elif cfg.type == "orm":
+        score = step_scores[-1] if step_scores else 0.0
+        outcome += cfg.process_weight * score
+    elif step_scores:
+        score = min(step_scores)
+        step_rewards = [cfg.process_weight * r for r in shape_step_scores(step_scores, cfg)]
+        ends = token_ends(tokenizer, rollout.token_ids, step_spans(rollout.text, rollout.steps[: len(step_scores)]))
+    rewards = place(len(rollout.token_ids), ends, step_rewards, outcome)
+    if cfg.clip > 0:
+        rewards = [max(-cfg.clip, min(cfg.clip, r)) for r in rewards]
+    return rewards, {"score": score, "penalty": penalty}
+
+
+def with_kl(task_rewards: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,
+            cfg: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Total per-token reward = task reward - kl_coef x KL estimate; returns it and the KL."""
+    kl = kl_estimate(logp, ref_logp, cfg.kl_estimator) * mask
+    return (task_rewards - cfg.kl_coef * kl) * mask, kl
+
+
+def normalize_task_rewards(task_rewards: torch.Tensor) -> torch.Tensor:
+    """Scale by the std of per-rollout returns: keeps the sign and placement of every reward."""
+    std = task_rewards.sum(1).std() if task_rewards.shape[0] > 1 else torch.tensor(1.0)
+    return task_rewards / (std if math.isfinite(float(std)) and float(std) > 1e-6 else 1.0)

@@ -1,0 +1,127 @@
+"""PPO end to end on the tiny world: one process, 2 gloo ranks under ZeRO-2 and ZeRO-3 through the real
+`deepspeed` launcher, resume after a kill, LoRA on the actor, the experiment configs."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from transformers import AutoModelForCausalLM
+
+from reward.config import load_config
+from reward.errors import ShepherdError
+from rl.ppo import PPOConfig, check
+
+from .conftest import REPO
+
+EXPERIMENTS = REPO / "configs" / "experiments"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def args(world: Path, out: Path, *extra: str) -> list[str]:
+    """A few updates on 8 fixed easy prompts (every update sees the same ones, so reward can rise)."""
+    return ["--config", str(EXPERIMENTS / "arith_tiny_ppo_rule.yaml"), f"policy={world / 'policy'}",
+            f"output_dir={out}", "task.min_ops=2", "task.max_ops=3", "train_problems=8",
+            "ppo.prompts_per_update=8", "ppo.samples_per_prompt=8", "ppo.minibatch_size=32", "ppo.lr=1e-3",
+            "ppo.max_new_tokens=32", "eval_every=3", "eval_problems=8", "eval_samples=2",
+            "final_eval_problems=8", "final_eval_samples=2", "checkpoint_every=2", *extra]
+
+
+def log_rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+
+
+def launch(world: Path, out: Path, ranks: int, *extra: str) -> subprocess.Popen:
+    if ranks == 1:
+        cmd = [sys.executable, "-m", "rl.ppo"]
+    else:
+        cmd = [str(Path(sys.executable).parent / "deepspeed"), "--num_gpus", str(ranks), "--module", "rl.ppo"]
+    return subprocess.Popen(cmd + args(world, out, *extra), cwd=REPO, env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def finish(proc: subprocess.Popen) -> None:
+    out, _ = proc.communicate(timeout=900)
+    assert proc.returncode == 0, out[-4000:]
+
+
+def rises(rows: list[dict]) -> bool:
+    first, last = rows[0]["reward/task_return"], sum(r["reward/task_return"] for r in rows[-2:]) / 2
+    return last > first + 0.05
+
+
+@pytest.mark.parametrize("ds", ["zero2.json", "zero3.json"])
+def test_two_rank_ppo_raises_the_reward_and_saves_a_policy(ds, tiny_world, tmp_path):
+    out = tmp_path / "ppo"
+    finish(launch(tiny_world, out, 2, "ppo.updates=6", f"deepspeed={REPO / 'configs/deepspeed' / ds}"))
+    rows = log_rows(out)
+    assert [r["update"] for r in rows] == list(range(1, 7))
+    assert rises(rows), [r["reward/task_return"] for r in rows]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and metrics["updates"] == 6
+    for key in ("accuracy_t1", "accuracy_greedy", "sft_accuracy_t1", "final_kl", "final_steps_per_response"):
+        assert key in metrics
+    assert "eval/accuracy_greedy" in rows[2] and "eval/accuracy_t1" in rows[5]
+    policy = AutoModelForCausalLM.from_pretrained(out / "policy")  # gathered, plain safetensors
+    start = AutoModelForCausalLM.from_pretrained(tiny_world / "policy")
+    assert not all((a == b).all() for a, b in zip(policy.parameters(), start.parameters()))
+
+
+def test_resume_after_a_kill_finishes_the_same_run(tiny_world, tmp_path):
+    """Killed after its second checkpoint, resumed: same number of updates, and the same numbers as a
+    run never interrupted (data order, sampling seeds, optimiser and RNG all come back)."""
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    finish(launch(tiny_world, whole, 1, "ppo.updates=5", "checkpoint_every=1"))
+    proc = launch(tiny_world, killed, 1, "ppo.updates=5", "checkpoint_every=1")
+    latest = killed / "checkpoints" / "latest.json"
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if latest.exists() and json.loads(latest.read_text())["update"] >= 2:
+            os.killpg(proc.pid, signal.SIGKILL)
+            break
+        time.sleep(0.2)
+    proc.wait()
+    assert proc.returncode != 0, "the run finished before it could be killed"
+    assert not (killed / "metrics.json").exists()
+    finish(launch(tiny_world, killed, 1, "ppo.updates=5", "checkpoint_every=1", "resume=true"))
+    a, b = log_rows(whole), log_rows(killed)
+    assert [r["update"] for r in b] == [1, 2, 3, 4, 5]
+    for key in ("reward/task_return", "kl/per_response", "loss/value_loss", "response/length"):
+        assert [r[key] for r in a] == pytest.approx([r[key] for r in b], rel=1e-3, abs=1e-4), key
+    assert json.loads((killed / "metrics.json").read_text())["updates"] == 5
+
+
+def test_prm_reward_lora_actor_one_process(tiny_world, tmp_path):
+    """The PRM arm on one process with LoRA on the actor (reference = adapters off), the world's policy
+    standing in as a reward model (its vocabulary has the tag and label tokens)."""
+    out = tmp_path / "ppo"
+    finish(launch(tiny_world, out, 1, "ppo.updates=2", "reward.type=prm", f"reward.model={tiny_world / 'policy'}",
+                  "lora.enabled=true", "lora.r=4"))
+    rows = log_rows(out)
+    assert len(rows) == 2 and rows[1]["kl/per_response"] != 0.0  # the adapters moved away from the reference
+    assert rows[0]["kl/per_response"] == pytest.approx(0.0, abs=1e-5)  # before any update: policy == reference
+    assert 0 < rows[0]["reward/score"] < 1 and rows[0]["response/steps"] > 1
+    merged = AutoModelForCausalLM.from_pretrained(out / "policy")
+    assert not any("lora" in name for name, _ in merged.named_parameters())
+
+
+@pytest.mark.parametrize("name", ["arith_tiny_ppo_prm", "arith_tiny_ppo_orm", "arith_tiny_ppo_rule",
+                                  "gsm8k_mistral7b_ppo_prm", "gsm8k_mistral7b_ppo_orm"])
+def test_experiment_configs_load_and_validate(name):
+    cfg = load_config(PPOConfig, "ppo", str(EXPERIMENTS / f"{name}.yaml"))
+    check(cfg, world=8 if name.startswith("gsm8k") else 1)
+    assert cfg.reward.type in name and cfg.output_dir.endswith(name.rsplit("_", 1)[-1].replace("ppo", "ppo-"))
+    if name.startswith("gsm8k"):
+        assert cfg.task.name == "gsm8k" and "zero3" in cfg.deepspeed and cfg.reward.kl_coef == 0.04
+
+
+def test_bad_ppo_config_is_one_clear_error(tmp_path):
+    with pytest.raises(ShepherdError, match="ppo.prompts_per_update"):
+        check(load_config(PPOConfig, "ppo", None, ["policy=x", "reward.type=rule", "ppo.prompts_per_update=3"]), 2)
+    with pytest.raises(ShepherdError, match="reward.model"):
+        check(load_config(PPOConfig, "ppo", None, ["policy=x", "reward.type=orm"]), 1)
+    with pytest.raises(ShepherdError, match="unknown config key 'ppo.learning_rate'"):
+        load_config(PPOConfig, "ppo", None, ["ppo.learning_rate=1"])
