@@ -19,23 +19,13 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-# The demo: each stage's metrics.json is written last, so make skips a stage whose output is complete
-# (a second `make demo` takes seconds) and re-runs one that is partial (sample and annotate resume).
-# Order-only prerequisites: editing the experiment file does not redo finished stages; delete a
-# stage's folder under $(OUT) to redo it.
-STAGES := world eval sample annotate train-prm train-orm verify eval-prm
-demo: $(foreach s,$(STAGES),$(OUT)/$(s)/metrics.json)
-	@for s in $(STAGES); do echo "== $(OUT)/$$s/metrics.json"; cat $(OUT)/$$s/metrics.json; done
-	@cat $(OUT)/annotate/audit.md $(OUT)/verify/verify.md $(OUT)/eval-prm/eval_prm.md
-
-$(OUT)/world/metrics.json: | install
-$(OUT)/eval/metrics.json $(OUT)/sample/metrics.json: | $(OUT)/world/metrics.json
-$(OUT)/annotate/metrics.json: | $(OUT)/sample/metrics.json
-$(OUT)/train-prm/metrics.json $(OUT)/train-orm/metrics.json: | $(OUT)/annotate/metrics.json
-$(OUT)/verify/metrics.json: | $(OUT)/train-prm/metrics.json $(OUT)/train-orm/metrics.json
-$(OUT)/eval-prm/metrics.json: | $(OUT)/verify/metrics.json
-$(OUT)/%/metrics.json:
-	$(SHEPHERD) $* --config $(EXPERIMENT)
+# The demo is the pipeline of the demo experiment: world -> eval -> sample -> annotate -> train PRM
+# and ORM -> verify -> eval-prm -> PPO with the PRM, the ORM and the rule reward -> report. A stage
+# whose metrics.json exists is skipped (a second `make demo` takes seconds), a partial one resumes;
+# delete a stage's folder under $(OUT) to redo it.
+demo: install
+	$(SHEPHERD) pipeline --config $(EXPERIMENT)
+	@sed -n '1,/^## Training curves/p' $(OUT)/report/report.md
 
 test: install
 	$(PY) -m pytest -q tests
@@ -47,7 +37,8 @@ test-fast: install
 test-vllm:
 	bash .ci/vllm.sh
 
-bench: $(OUT)/world/metrics.json
+bench: install
+	test -f $(OUT)/world/metrics.json || $(SHEPHERD) world --config $(EXPERIMENT)
 	$(PY) benchmarks/generate.py --policy $(OUT)/world/policy
 	$(PY) benchmarks/annotate.py --policy $(OUT)/world/policy
 

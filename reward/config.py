@@ -108,6 +108,13 @@ def load_experiment(config_file: str, seen: tuple[str, ...] = ()) -> DictConfig:
     return OmegaConf.merge(load_experiment(base_file, seen + (os.path.abspath(config_file),)), raw)
 
 
+def stage_output_dir(config_file: str, stage: str) -> str:
+    """Where a stage of an experiment writes, without building its config (same rule as load_config)."""
+    raw = load_experiment(config_file)
+    section = raw.get(section_name(stage)) or {}
+    return str(section.get("output_dir") or os.path.join("outputs", str(raw.get("experiment", "default")), stage))
+
+
 def load_config(schema: type, stage: str, config_file: str | None = None, overrides: list[str] | None = None) -> DictConfig:
     """Build the resolved, struct-mode config of `stage` from its dataclass `schema`."""
     cfg = OmegaConf.structured(schema)

@@ -85,10 +85,13 @@ def choose_threshold(scores: Sequence[Sequence[float]], labels: Sequence[int]) -
 def load_arith(path: str) -> list[Case]:
     """Graded arith solutions with the oracle's first_error: `annotate`'s stepwise.jsonl, or `sample` /
     `verify` records (test-split solutions the PRM never trained on). A solution that stopped early
-    (first_error == its step count) is wrong at its last step, the one that should have gone on."""
+    (first_error == its step count) is wrong at its last step, the one that should have gone on. A
+    sampled solution with no steps at all (the policy wrote nothing) has no step to find: left out."""
     cases = []
     records = read_jsonl(path, required=("first_error", "problem_id"))
     for lineno, r in enumerate(records, 1):
+        if "solution" in r and not r.get("steps"):
+            continue
         question, steps = question_and_steps(r, f"{path}:{lineno}")
         fe = r["first_error"]
         if fe is not None and (not isinstance(fe, int) or not 0 <= fe <= len(steps)):

@@ -40,3 +40,11 @@ def expand_layers(model: Any, n: int) -> Any:
     if layer_types:  # per-layer attention kinds (sliding or full) must cover the new blocks too
         model.config.layer_types = list(layer_types) + [layer_types[-1]] * n
     return model
+
+
+def freeze_all_but_last_layers(model: Any, n: int) -> None:
+    """Train only the last `n` decoder blocks: the initial model's knowledge (here, the policy's
+    arithmetic) cannot be overwritten while the new blocks learn to check it."""
+    model.requires_grad_(False)
+    for block in model.model.layers[-n:]:
+        block.requires_grad_(True)

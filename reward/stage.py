@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from typing import Any, Callable, Sequence
 
 from omegaconf import DictConfig
@@ -61,7 +62,9 @@ def stage_main(stage: str, schema: type, run: Callable[[DictConfig], dict[str, A
         cfg = parse_stage_args(stage, schema, doc, argv)
         if is_main_process():
             save_stage_config(cfg)
+        started = time.time()
         metrics = run(cfg)
+        metrics.setdefault("stage_seconds", round(time.time() - started, 1))
         if is_main_process():
             save_metrics(cfg, metrics)
             print(f"[{stage}] wrote {cfg.output_dir}")

@@ -22,7 +22,7 @@ from reward.batching import right_pad
 from reward.config import StageConfig
 from reward.errors import ShepherdError
 from reward.generation import load_causal_lm, load_tokenizer
-from reward.grow import expand_layers
+from reward.grow import expand_layers, freeze_all_but_last_layers
 from reward.io import iter_jsonl
 from reward.labels import from_math_shepherd
 from reward.prm import encode_tagged, ensure_label_tokens, score_steps, step_bce
@@ -47,6 +47,7 @@ class RewardTrainConfig(StageConfig):
     label_type: str = "he"  # prm: he (hard) or se (soft targets)
     add_tokens: bool = True  # add the step tag and +/- to the tokenizer when missing
     expand_layers: int = 0  # append this many identity-initialised blocks (reward.grow): deeper than init
+    train_new_layers_only: bool = False  # with expand_layers: freeze the initial model, train the new blocks (LLaMA Pro)
     val_share: float = 0.1  # problems held out for validation (split by problem)
     max_length: int = 1024
     lora: LoraSettings = field(default_factory=LoraSettings)
@@ -164,6 +165,10 @@ def run(cfg: DictConfig) -> dict:
     model = load_causal_lm(cfg.init, "init", device="cpu")
     tag_id, good_id, bad_id = ensure_label_tokens(model, tokenizer, cfg.add_tokens)
     expand_layers(model, cfg.expand_layers)
+    if cfg.train_new_layers_only:
+        if cfg.expand_layers <= 0:
+            raise ShepherdError("train_new_layers_only needs expand_layers > 0")
+        freeze_all_but_last_layers(model, cfg.expand_layers)
     if cfg.lora.enabled:
         from peft import LoraConfig, get_peft_model
 

@@ -22,11 +22,13 @@ def stepwise(tiny_samples, tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("ds_config", ["zero2.json", "zero3.json"])
 def test_two_rank_zero_training_finishes_and_loads(ds_config, stepwise, tiny_world, tmp_path):
-    launcher = Path(sys.executable).parent / "deepspeed"
+    """Through the user's launch script (no GPU here: it starts 2 gloo ranks)."""
     out = tmp_path / "rm"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [str(launcher), "--num_gpus", "2", "--module", "reward.train", "kind=prm", f"data={stepwise}",
-           f"init={tiny_world / 'policy'}", f"output_dir={out}", f"train.deepspeed={REPO / 'configs/deepspeed' / ds_config}",
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "NUM_GPUS": "2",
+           "DS_CONFIG": str(REPO / "configs/deepspeed" / ds_config),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    cmd = ["bash", str(REPO / "launch/train_prm.sh"), str(REPO / "configs/experiments/arith_tiny.yaml"),
+           f"data={stepwise}", f"init={tiny_world / 'policy'}", f"output_dir={out}",
            "train.steps=4", "train.batch_size=4", "train.warmup_steps=1", "train.logging_steps=1", "val_share=0.25"]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Train the PRM of an experiment with the deepspeed launcher (ZeRO-2 unless DS_CONFIG says otherwise).
+#
+#   launch/train_prm.sh EXPERIMENT.yaml [key=value ...]
+#   NUM_GPUS=4 DS_CONFIG=configs/deepspeed/zero3.json launch/train_prm.sh EXPERIMENT.yaml
+#   HOSTFILE=launch/hostfile.example launch/train_prm.sh EXPERIMENT.yaml
+set -euo pipefail
+config=${1:?usage: launch/train_prm.sh EXPERIMENT.yaml [key=value ...]}
+shift
+source "$(dirname "$0")/deepspeed_run.sh"
+deepspeed_run reward.train --config "$config" kind=prm "train.deepspeed=${DS_CONFIG:-configs/deepspeed/zero2.json}" "$@"

@@ -1,0 +1,74 @@
+"""The whole pipeline on a miniature experiment (seconds per stage): every stage, three PPO arms, the
+report; run again, it skips everything."""
+import json
+import subprocess
+import sys
+import time
+
+import yaml
+
+from .conftest import REPO
+
+
+def mini_experiment(tmp_path):
+    out = tmp_path / "outputs"
+    base = {
+        "experiment": "mini", "seed": 0,
+        "task": {"name": "arith", "form": "modular", "min_ops": 1, "max_ops": 2, "wrong_rule": "swap_sub",
+                 "wrong_rule_share": 0.3},
+        "world": {"output_dir": f"{out}/world", "train": {"steps": 150, "batch_size": 32, "warmup_steps": 10},
+                  "eval_problems": 20, "eval_samples": 2},
+        "eval": {"output_dir": f"{out}/eval", "policy": f"{out}/world/policy", "num_problems": 10,
+                 "samples_per_problem": 2},
+        "sample": {"output_dir": f"{out}/sample", "policy": f"{out}/world/policy", "num_problems": 8,
+                   "samples_per_problem": 4},
+        "annotate": {"output_dir": f"{out}/annotate", "input": f"{out}/sample/samples.jsonl", "n_completions": 2,
+                     "audit": True, "audit_solutions": 16},
+        "train_prm": {"output_dir": f"{out}/train-prm", "data": f"{out}/annotate/stepwise.jsonl",
+                      "init": f"{out}/world/policy", "train": {"steps": 3, "batch_size": 4, "warmup_steps": 1}},
+        "train_orm": {"output_dir": f"{out}/train-orm", "kind": "orm", "data": f"{out}/annotate/stepwise.jsonl",
+                      "init": f"{out}/world/policy", "train": {"steps": 3, "batch_size": 4, "warmup_steps": 1}},
+        "verify": {"output_dir": f"{out}/verify", "policy": f"{out}/world/policy", "prm": f"{out}/train-prm/model",
+                   "orm": f"{out}/train-orm/model", "num_problems": 10, "n": 8},
+        "eval_prm": {"output_dir": f"{out}/eval-prm", "model": f"{out}/train-prm/model", "source": "arith",
+                     "input": f"{out}/verify/scored.jsonl"},
+        "ppo": {"policy": f"{out}/world/policy", "train_problems": 16, "eval_every": 2, "eval_problems": 4,
+                "eval_samples": 2, "final_eval_problems": 6, "final_eval_samples": 2, "checkpoint_every": 2,
+                "ppo": {"updates": 2, "prompts_per_update": 4, "samples_per_prompt": 4, "minibatch_size": 16,
+                        "max_new_tokens": 32}},
+        "pipeline": {"output_dir": f"{out}/report", "seeds": [0]},
+    }
+    arms = []
+    for kind in ("prm", "orm", "rule"):
+        arm = tmp_path / f"mini_ppo_{kind}.yaml"
+        reward = {"type": kind} | ({"model": f"{out}/train-{kind}/model"} if kind != "rule" else {})
+        arm.write_text(yaml.safe_dump({"base": "mini.yaml", "ppo": {"output_dir": f"{out}/ppo-{kind}", "reward": reward}}))
+        arms.append(str(arm))
+    base["pipeline"]["arms"] = arms
+    (tmp_path / "mini.yaml").write_text(yaml.safe_dump(base))
+    return tmp_path / "mini.yaml", out
+
+
+def pipeline(config):
+    started = time.time()
+    proc = subprocess.run([sys.executable, "-m", "rl.cli", "pipeline", "--config", str(config)], cwd=REPO,
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return time.time() - started, proc.stdout
+
+
+def test_pipeline_end_to_end_then_skips_everything(tmp_path):
+    config, out = mini_experiment(tmp_path)
+    pipeline(config)
+    for stage in ("world", "eval", "sample", "annotate", "train-prm", "train-orm", "verify", "eval-prm"):
+        assert (out / stage / "metrics.json").exists(), stage
+    for kind in ("prm", "orm", "rule"):
+        m = json.loads((out / f"ppo-{kind}" / "seed0" / "metrics.json").read_text())
+        assert m["reward_type"] == kind and 0 <= m["accuracy_t1"] <= 1 and 0 <= m["accuracy_greedy"] <= 1
+    report = (out / "report" / "report.md").read_text()
+    for needle in ("SFT policy", "ppo-prm", "ppo-orm", "ppo-rule", "ppo-prm - ppo-orm", "Verification",
+                   "Label quality", "First wrong step", "Wall time"):
+        assert needle in report, needle
+    assert (out / "report" / "report_curves.png").stat().st_size > 1000
+    seconds, stdout = pipeline(config)
+    assert stdout.count("complete, skipped") == 11 and seconds < 60
