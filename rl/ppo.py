@@ -49,6 +49,7 @@ class PPOHyper:
     minibatch_size: int = 128  # rollouts per optimiser step, per rank
     lr: float = 5e-4
     critic_lr: float = 1e-3
+    warmup_steps: int = 0  # optimiser steps of linear warm-up (Adam's first steps are as large as lr in every weight)
     schedule: str = "linear"  # linear | cosine decay of both learning rates to min_lr_ratio over the run
     min_lr_ratio: float = 1.0  # 1.0: constant
     gamma: float = 1.0
@@ -265,7 +266,9 @@ def run(cfg: DictConfig) -> dict:
     total_steps = p.updates * p.epochs * math.ceil(per_rank * p.samples_per_prompt / p.minibatch_size)
 
     def decay(step: int) -> float:
-        done = min(1.0, step / total_steps)
+        if step < p.warmup_steps:
+            return (step + 1) / (p.warmup_steps + 1)
+        done = min(1.0, (step - p.warmup_steps) / max(1, total_steps - p.warmup_steps))
         shape = done if p.schedule == "linear" else 0.5 * (1 - math.cos(math.pi * done))
         return 1.0 - (1.0 - p.min_lr_ratio) * shape
     actor = engines.build(load_actor, train_cfg, p.lr, device, decay)
