@@ -287,8 +287,9 @@ def run(cfg: DictConfig) -> dict:
 
     problems = task.problems(cfg.train_split, cfg.train_problems, seed=cfg.seed)
     random.Random(cfg.seed).shuffle(problems)
-    eval_set = task.problems(cfg.eval_split, cfg.eval_problems, seed=cfg.seed)
-    final_set = task.problems(cfg.final_split, cfg.final_eval_problems, seed=cfg.seed)
+    # The same held-out problems for every seed and arm (runs differ in training randomness, not in test set)
+    eval_set = task.problems(cfg.eval_split, cfg.eval_problems, seed=0)
+    final_set = task.problems(cfg.final_split, cfg.final_eval_problems, seed=0)
 
     ckpt_root = os.path.join(cfg.output_dir, "checkpoints")
     log_path = os.path.join(cfg.output_dir, "log.jsonl")
