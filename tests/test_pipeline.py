@@ -72,3 +72,23 @@ def test_pipeline_end_to_end_then_skips_everything(tmp_path):
     assert (out / "report" / "report_curves.png").stat().st_size > 1000
     seconds, stdout = pipeline(config)
     assert stdout.count("complete, skipped") == 11 and seconds < 60
+
+
+def test_the_papers_recipe_loads_for_every_stage():
+    """configs/experiments/gsm8k_mistral7b.yaml (what launch/paper_recipe.sh runs) is valid for each stage."""
+    from reward.annotate import AnnotateConfig
+    from reward.config import load_config, stage_output_dir
+    from reward.eval_prm import EvalPrmConfig
+    from reward.sample import SampleConfig
+    from reward.train import RewardTrainConfig
+    from reward.verify import VerifyConfig
+    from rl.pipeline import PipelineConfig
+
+    exp = str(REPO / "configs/experiments/gsm8k_mistral7b.yaml")
+    for stage, schema in (("sample", SampleConfig), ("annotate", AnnotateConfig), ("train-prm", RewardTrainConfig),
+                          ("train-orm", RewardTrainConfig), ("verify", VerifyConfig), ("eval-prm", EvalPrmConfig),
+                          ("pipeline", PipelineConfig)):
+        cfg = load_config(schema, stage, exp)
+        assert cfg.task.name == "gsm8k" and cfg.output_dir == stage_output_dir(exp, stage), stage
+    assert load_config(RewardTrainConfig, "train-orm", exp).kind == "orm"
+    assert "zero3" in load_config(RewardTrainConfig, "train-prm", exp).train.deepspeed
