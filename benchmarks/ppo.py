@@ -18,7 +18,6 @@ import argparse
 import glob
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -159,17 +158,11 @@ def memory_worker(policy: str, stage: int, report: str) -> None:
 def memory_table(policy: str, ranks: int, report: str) -> list[dict[str, int]]:
     launcher = str(Path(sys.executable).parent / "deepspeed")
     for stage in (2, 3):
-        run_or_exit([launcher, "--num_gpus", str(ranks), "--master_port", str(free_port()), "--no_local_rank",
+        run_or_exit([launcher, "--num_gpus", str(ranks), "--master_port", str(engines.free_port()), "--no_local_rank",
                      __file__, "--memory-worker", "--stage", str(stage), "--policy", policy, "--report", report],
                     {**ENV, "OMP_NUM_THREADS": "1"})
     rows = [json.loads(Path(f).read_text()) for f in glob.glob(os.path.join(report, "stage*_rank*.json"))]
     return sorted(rows, key=lambda r: (r["stage"], r["rank"]))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ----------------------------------------------------------------------------------- main

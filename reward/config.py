@@ -108,11 +108,15 @@ def load_experiment(config_file: str, seen: tuple[str, ...] = ()) -> DictConfig:
     return OmegaConf.merge(load_experiment(base_file, seen + (os.path.abspath(config_file),)), raw)
 
 
+def default_output_dir(experiment: str, stage: str) -> str:
+    return os.path.join("outputs", experiment, stage)
+
+
 def stage_output_dir(config_file: str, stage: str) -> str:
     """Where a stage of an experiment writes, without building its config (same rule as load_config)."""
     raw = load_experiment(config_file)
     section = raw.get(section_name(stage)) or {}
-    return str(section.get("output_dir") or os.path.join("outputs", str(raw.get("experiment", "default")), stage))
+    return str(section.get("output_dir") or default_output_dir(str(raw.get("experiment", "default")), stage))
 
 
 def load_config(schema: type, stage: str, config_file: str | None = None, overrides: list[str] | None = None) -> DictConfig:
@@ -143,7 +147,7 @@ def load_config(schema: type, stage: str, config_file: str | None = None, overri
             raise ShepherdError(f"override '{bad[0]}' is not of the form key=value")
         cfg = _merge(cfg, OmegaConf.from_dotlist(list(overrides)), "command-line overrides")
     if not cfg.output_dir:
-        cfg.output_dir = os.path.join("outputs", cfg.experiment, stage)
+        cfg.output_dir = default_output_dir(cfg.experiment, stage)
     try:
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as e:

@@ -19,16 +19,20 @@ import torch
 from reward.errors import ShepherdError
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now (for a rendezvous on this machine)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def init_distributed() -> tuple[int, int, torch.device]:
     """Rank, world size and device; a plain `python -m rl.ppo` becomes a world of one."""
     import deepspeed
 
     if "RANK" not in os.environ:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=os.environ.get("MASTER_PORT", str(port)))
+                          MASTER_PORT=os.environ.get("MASTER_PORT") or str(free_port()))
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -48,14 +52,12 @@ def ds_config(path: str, micro_batch: int, grad_clip: float, world: int, train: 
             cfg = json.load(f)
     except json.JSONDecodeError as e:
         raise ShepherdError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-    cfg = copy.deepcopy(cfg)
     cfg.update(train_micro_batch_size_per_gpu=micro_batch, gradient_accumulation_steps=1,
                train_batch_size=micro_batch * world, gradient_clipping=grad_clip)
     cfg.setdefault("bf16", {})["enabled"] = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     cfg.pop("optimizer", None)  # we pass torch's AdamW: DeepSpeed's fused Adam compiles for minutes on CPU
     cfg.pop("scheduler", None)
-    zero = cfg.setdefault("zero_optimization", {})
-    if not train and zero.get("stage", 0) != 3:
+    if not train and zero_stage(cfg) != 3:
         cfg["zero_optimization"] = {"stage": 0}
     cfg["zero_allow_untested_optimizer"] = True
     return cfg
@@ -101,17 +103,15 @@ def gathered_state_dict(engine: Any) -> dict[str, torch.Tensor] | None:
 def save_hf(engine: Any, tokenizer: Any, out_dir: str) -> None:
     """The trained model as a safetensors folder `from_pretrained` loads; written to a sibling folder
     and renamed, so a kill never leaves half a model. LoRA adapters are merged (ZeRO-2 only)."""
-    module = engine.module
-    if hasattr(module, "merge_and_unload"):
-        module = copy.deepcopy(module).merge_and_unload() if torch.distributed.get_rank() == 0 else None
-        state = module.state_dict() if module is not None else None
+    rank0 = torch.distributed.get_rank() == 0
+    if hasattr(engine.module, "merge_and_unload"):  # peft: merge a copy, keep the engine's model as it is
+        model, state = (copy.deepcopy(engine.module).merge_and_unload() if rank0 else None), None
     else:
-        state = gathered_state_dict(engine)
-    if torch.distributed.get_rank() == 0:
+        model, state = engine.module, gathered_state_dict(engine)
+    if rank0:
         tmp = out_dir.rstrip("/") + ".tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        target = module if module is not None else engine.module
-        target.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         shutil.rmtree(out_dir, ignore_errors=True)
         os.replace(tmp, out_dir)

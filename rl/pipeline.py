@@ -7,6 +7,7 @@ checkpoint). Each stage runs in its own process, as a user would start it.
 """
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -79,8 +80,9 @@ def run(cfg: DictConfig) -> dict:
 
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
-    config = next((a.split("=", 1)[1] if "=" in a else argv[i + 1] for i, a in enumerate(argv)
-                   if a.split("=")[0] == "--config" and ("=" in a or i + 1 < len(argv))), "")
+    finder = argparse.ArgumentParser(add_help=False)
+    finder.add_argument("--config", default="")
+    config = finder.parse_known_args(argv)[0].config  # the stage's own parser does not keep the file name
     return stage_main("pipeline", PipelineConfig, run, __doc__, argv + ([f"experiment_file={config}"] if config else []))
 
 

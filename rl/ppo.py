@@ -300,10 +300,10 @@ def run(cfg: DictConfig) -> dict:
         if rank == 0:  # drop log lines of updates after the checkpoint (they will run again)
             write_jsonl_atomic(log_path, [r for r in read_jsonl_resumable(log_path) if r["update"] <= state["update"]])
     elif rank == 0:
-        shutil.rmtree(ckpt_root, ignore_errors=True)
-        for stale in (log_path, os.path.join(cfg.output_dir, "tensorboard")):
-            shutil.rmtree(stale, ignore_errors=True) if os.path.isdir(stale) else (
-                os.path.exists(stale) and os.remove(stale))
+        for stale in (ckpt_root, os.path.join(cfg.output_dir, "tensorboard")):
+            shutil.rmtree(stale, ignore_errors=True)
+        if os.path.exists(log_path):
+            os.remove(log_path)
     if "sft" not in state:  # the starting policy on the final split, same problems and seeds: a paired baseline
         state["sft"] = evaluate(generator, task, final_set, cfg.final_eval_samples, p.temperature, cfg.seed, rank, world)
     writer = None
