@@ -141,7 +141,7 @@ def rollout_rewards(rollout: Rollout, cfg: Any, tokenizer: Any, step_scores: Seq
     outcome = cfg.rule_weight * rule + penalty
     step_rewards: list[float] = []
     ends: list[int] = []
-    score = rule
+    score = rule if cfg.type == "rule" else 0.0  # the reward's own score (a PRM gives none to a rollout without steps)
     if cfg.type == "rule":
         outcome += rule
     elif cfg.type == "orm":

@@ -146,3 +146,10 @@ def test_reward_model_with_another_tokenizer_and_tag(tok):
     rewards, _ = rollout_rewards(char_rollout, cfg(type="prm", model="x", shaping="none"), text_tok, scores)
     ends = [TEXT.index(s) + len(s) - 1 for s in STEPS]
     assert rewards == pytest.approx(expected(scores, 0.0, n=len(TEXT), ends=ends))
+
+
+def test_a_rollout_without_steps_gets_no_process_score(tok):
+    """An empty rollout has nothing for the PRM to score: its logged score is 0, whatever the rule says."""
+    r = Rollout(Q, "", [tok.eos_token_id], [], True, False, False)
+    rewards, info = rollout_rewards(r, cfg(type="prm", model="x", no_answer_penalty=-1.0), tok, [])
+    assert rewards == [-1.0] and info["score"] == 0.0
