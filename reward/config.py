@@ -45,7 +45,8 @@ class TaskConfig:
     operand_max: int = 99  # chain form: operands 1..operand_max, multipliers 2..9
     ops: str = "+-*"
     # Systematic mistakes taught by SFT data: a share of solutions applies a fixed wrong rule at every
-    # step where it applies (`swap_sub`: a - b computed as b - a; `drop_carry`: + without carries).
+    # step where it applies (`smaller_from_larger`: a - b with a < b done as b - a; `swap_sub`: a - b
+    # computed as b - a but written a - b; `drop_carry`: + without carries). See reward/tasks/arith.py.
     wrong_rule: str = "swap_sub"
     wrong_rule_share: float = 0.3
     carry_rest: bool = False  # each step restates the operations still to do (`7 + 8 = 5 ; 5 * 3 - 9`)

@@ -45,6 +45,10 @@ class RewardTrainConfig(StageConfig):
     data: str = ""  # stepwise.jsonl (or math_shepherd.jsonl) from `shepherd annotate`
     init: str = ""  # causal-LM folder to start from (e.g. the world's policy)
     label_type: str = "he"  # prm: he (hard) or se (soft targets)
+    # prm: all (the paper: every tag's label) or first_error (labels up to the first wrong step, later
+    # tags masked, as PRM800K's annotators stop there): the PRM then judges a step given that the steps
+    # before it are right, a local check, and a prefix's score is the running min of its step scores.
+    label_scope: str = "all"
     add_tokens: bool = True  # add the step tag and +/- to the tokenizer when missing
     expand_layers: int = 0  # append this many identity-initialised blocks (reward.grow): deeper than init
     train_new_layers_only: bool = False  # with expand_layers: freeze the initial model, train the new blocks (LLaMA Pro)
@@ -62,8 +66,9 @@ class Example:
     targets: list[float]  # one per step; NaN where the step carries no label (ORM: all but the last)
 
 
-def read_examples(path: str, kind: str, label_type: str) -> list[Example]:
-    """Training rows from either annotate format; a label count that does not match the steps is an error."""
+def read_examples(path: str, kind: str, label_type: str, label_scope: str = "all") -> list[Example]:
+    """Training rows from either annotate format; a label count that does not match the steps is an error.
+    `label_scope=first_error` masks (NaN) every tag after the first step whose hard label is wrong."""
     out = []
     for lineno, r in enumerate(iter_jsonl(path), 1):
         where = f"{path}:{lineno}"
@@ -81,6 +86,9 @@ def read_examples(path: str, kind: str, label_type: str) -> list[Example]:
         if len(labels) != len(steps):
             raise ShepherdError(f"{where}: {len(labels)} labels for {len(steps)} steps")
         targets = [float(x) for x in labels]
+        if label_scope == "first_error" and not all(r["labels"]):
+            first = [bool(x) for x in r["labels"]].index(False)
+            targets = targets[: first + 1] + [math.nan] * (len(steps) - first - 1)
         if kind == "orm":
             final = float(r["correct"]) if "correct" in r else targets[-1]
             targets = [math.nan] * (len(steps) - 1) + [final]
@@ -156,9 +164,13 @@ def run(cfg: DictConfig) -> dict:
         raise ShepherdError(f"unknown reward-model kind '{cfg.kind}' (key kind); use prm or orm")
     if cfg.label_type not in ("he", "se"):
         raise ShepherdError(f"unknown label type '{cfg.label_type}' (key label_type); use he or se")
+    if cfg.label_scope not in ("all", "first_error"):
+        raise ShepherdError(f"unknown label scope '{cfg.label_scope}' (key label_scope); use all or first_error")
+    if cfg.kind == "orm" and cfg.label_scope != "all":
+        raise ShepherdError("label_scope applies to the PRM; an ORM has one label per solution (key label_scope)")
     if not cfg.data:
         raise ShepherdError("no training data given (key data): a stepwise.jsonl from `shepherd annotate`")
-    examples = read_examples(cfg.data, cfg.kind, cfg.label_type)
+    examples = read_examples(cfg.data, cfg.kind, cfg.label_type, cfg.label_scope)
     train, val = split_by_problem(examples, cfg.val_share, cfg.seed)
     tokenizer = load_tokenizer(cfg.init, "init")
     torch.manual_seed(cfg.seed)

@@ -18,6 +18,7 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +29,7 @@ from tqdm import tqdm
 
 from reward.config import GenerationConfig, StageConfig
 from reward.errors import ShepherdError
-from reward.generation import HFGenerator, load_causal_lm, load_tokenizer
+from reward.generation import Generator, HFGenerator, load_causal_lm, load_tokenizer
 from reward.io import append_jsonl, read_jsonl_resumable, write_json, write_jsonl_atomic
 from reward.prm import score_steps
 from reward.stage import stage_main
@@ -142,12 +143,51 @@ def in_chunks(fn: Any, b: Batch, size: int) -> torch.Tensor:
                       for i in range(0, len(b.ids), size)])
 
 
-def prompt_ids(generator: HFGenerator, prompt: str) -> list[int]:
-    return generator.encode([prompt])["input_ids"][0].tolist()
+def prompt_ids(generator: Generator, prompt: str) -> list[int]:
+    enc = generator.encode([prompt])  # HF: a left-padded batch; vLLM: lists of ids
+    return [int(t) for t in (enc["input_ids"][0] if isinstance(enc, Mapping) else enc[0])]
+
+
+def build_generator(cfg: DictConfig, actor: Any, tokenizer: Any, zero3: bool, world: int, rank: int) -> Generator:
+    """Rollouts from the actor itself (HF generate; under ZeRO-3 every rank joins every forward) or from
+    a vLLM engine per rank that holds its own copy of the weights (`sync_rollout_weights` after updates)."""
+    p = cfg.ppo
+    if cfg.generation.backend == "vllm":
+        from reward.generation_vllm import VLLMGenerator
+
+        generator = VLLMGenerator(cfg.policy, cfg.generation, seed=cfg.seed * 1009 + rank)
+        generator.max_new_tokens = p.max_new_tokens
+        return generator
+    generator = HFGenerator(actor.module, tokenizer, cfg.generation.batch_size, p.max_new_tokens, cfg.generation.top_p)
+    generator.synced_gpus = zero3 and world > 1
+    return generator
+
+
+def sync_rollout_weights(generator: Generator, actor: Any, zero3: bool) -> None:
+    """Push the actor's weights into a vLLM engine (HF rollouts read the actor directly: nothing to do).
+    LoRA: the adapters are merged for the copy and unmerged again; ZeRO-3: the shards are gathered."""
+    if not hasattr(generator, "load_weights"):
+        return
+    module = actor.module
+    if hasattr(module, "merge_adapter"):
+        module.merge_adapter()
+        try:
+            merged = {k.replace("base_model.model.", "", 1).replace(".base_layer", ""): v
+                      for k, v in module.state_dict().items() if "lora_" not in k}
+            generator.load_weights(merged.items())
+        finally:
+            module.unmerge_adapter()
+    elif zero3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters())):
+            generator.load_weights(module.state_dict().items())
+    else:
+        generator.load_weights(module.state_dict().items())
 
 
 # ----------------------------------------------------------------------------------- evaluation
-def evaluate(generator: HFGenerator, task: Task, problems: list[Problem], samples: int, temperature: float,
+def evaluate(generator: Generator, task: Task, problems: list[Problem], samples: int, temperature: float,
              seed: int, rank: int, world: int) -> dict[str, float]:
     """Greedy, sampled and majority accuracy, each rank on its shard (equal shard sizes keep ZeRO-3's
     synchronised generation in step), summed over ranks."""
@@ -219,8 +259,8 @@ def check(cfg: DictConfig, world: int) -> None:
         raise ShepherdError(f"ppo.prompts_per_update={p.prompts_per_update} must divide among {world} ranks")
     if p.schedule not in ("linear", "cosine"):
         raise ShepherdError(f"unknown schedule '{p.schedule}' (key ppo.schedule); use linear or cosine")
-    if cfg.generation.backend != "hf":
-        raise ShepherdError("PPO rollouts use generation.backend=hf in this version (vLLM serves sample/annotate)")
+    if cfg.generation.backend not in ("hf", "vllm"):
+        raise ShepherdError(f"unknown generation backend '{cfg.generation.backend}' (key generation.backend); use hf or vllm")
     if cfg.lora.enabled and "zero3" in os.path.basename(cfg.deepspeed):
         raise ShepherdError("LoRA on the actor needs ZeRO-2 (key deepspeed): merging adapters under ZeRO-3 is not supported")
 
@@ -281,8 +321,8 @@ def run(cfg: DictConfig) -> dict:
         rm = engines.build(lambda: load_causal_lm(rc.model, "reward.model", device="cpu"), frozen_cfg, None, device)
         rm_tok = load_tokenizer(rc.model, "reward.model")
 
-    generator = HFGenerator(actor.module, tokenizer, cfg.generation.batch_size, p.max_new_tokens, cfg.generation.top_p)
-    generator.synced_gpus = engines.zero_stage(train_cfg) == 3 and world > 1
+    zero3 = engines.zero_stage(train_cfg) == 3
+    generator = build_generator(cfg, actor, tokenizer, zero3, world, rank)
     eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
 
     problems = task.problems(cfg.train_split, cfg.train_problems, seed=cfg.seed)
@@ -297,6 +337,7 @@ def run(cfg: DictConfig) -> dict:
     loaded = load_checkpoint(ckpt_root, actor, critic, rank) if cfg.resume else None
     if loaded is not None:
         state = {k: v for k, v in loaded.items() if k in ("update", "sft", "wall")}
+        sync_rollout_weights(generator, actor, zero3)
         if rank == 0:  # drop log lines of updates after the checkpoint (they will run again)
             write_jsonl_atomic(log_path, [r for r in read_jsonl_resumable(log_path) if r["update"] <= state["update"]])
     elif rank == 0:
@@ -382,6 +423,7 @@ def run(cfg: DictConfig) -> dict:
             torch.distributed.all_reduce(kl_now)
             if p.target_kl > 0 and float(kl_now) / world > 1.5 * p.target_kl:
                 break
+        sync_rollout_weights(generator, actor, zero3)
         # 6. log: the learned reward beside true accuracy (the hacking alarm), KL, lengths, steps per response
         lengths = b.mask.sum(1)
         local = {

@@ -4,6 +4,7 @@
   `delta` (p_k - p_{k-1}, p_0 = delta_base: sums to p_last - p_0, so piling up steps earns nothing;
   the default, because a raw or centred per-step reward taught a policy here to skip steps and break
   format), `clip` (min(p_k - threshold, 0): a step can only cost, after Gao et al. 2024) or `none`;
+  `prefix_min` first replaces p_k by min(p_1..p_k) (a PRM that judges steps one at a time);
 - `prm_min`: min-form credit assignment (PURE, Cheng et al. 2025): step k gets p_k * softmin weight,
   so the return is the soft minimum of the step scores;
 - `orm`: the ORM's score (its last tag) at the last token;
@@ -40,6 +41,9 @@ class RewardConfig:
     shaping: str = "delta"  # prm: delta | clip | none
     delta_base: float = 0.5  # delta: the score before the first step
     clip_threshold: float = 0.5  # clip: step reward min(p - threshold, 0)
+    # Score of step k = min(p_1..p_k) before shaping: for a PRM trained with label_scope=first_error,
+    # which judges each step as if the steps before it were right (a wrong step then stays wrong).
+    prefix_min: bool = False
     min_temperature: float = 0.1  # prm_min: softmin temperature over a rollout's step scores
     process_weight: float = 1.0  # weight of the reward model's rewards
     rule_weight: float = 0.0  # weight of the 1/0 gold-answer reward added at the last token
@@ -148,6 +152,8 @@ def rollout_rewards(rollout: Rollout, cfg: Any, tokenizer: Any, step_scores: Seq
         score = step_scores[-1] if step_scores else 0.0
         outcome += cfg.process_weight * score
     elif step_scores:
+        if cfg.prefix_min:
+            step_scores = [min(step_scores[: k + 1]) for k in range(len(step_scores))]
         score = min(step_scores)
         step_rewards = [cfg.process_weight * r for r in shape_step_scores(step_scores, cfg)]
         ends = token_ends(tokenizer, rollout.token_ids, step_spans(rollout.text, rollout.steps[: len(step_scores)]))

@@ -79,6 +79,25 @@ def test_swap_sub_rule_is_systematic_and_caught_by_oracle():
     assert len({task.sft_solution(p, random.Random(s)) for s in range(5)}) == 1
 
 
+def test_smaller_from_larger_rule_writes_the_larger_operand_first():
+    task = ArithTask(form="modular", wrong_rule="smaller_from_larger", wrong_rule_share=1.0)
+    seen = 0
+    for p in task.problems("train", 100):
+        right, wrong = task.solve(p), task.solve(p, "smaller_from_larger")
+        k = task.first_error(p, task.join_steps(wrong))
+        if k is None:
+            assert right == wrong
+            continue
+        seen += 1
+        a, op, b, _, r = wrong[k].split()
+        assert op == "-" and int(a) > int(b) and int(r) == int(a) - int(b)  # right arithmetic, operands swapped
+        assert right[k].split()[:3] == [b, "-", a]  # the right step subtracts the larger from the smaller
+    assert seen > 30
+    assert task.written_operands(3, "-", 8, "smaller_from_larger") == (8, 3)
+    assert task.written_operands(8, "-", 3, "smaller_from_larger") == (8, 3)
+    assert task.written_operands(3, "+", 8, "smaller_from_larger") == (3, 8)
+
+
 def test_drop_carry_rule():
     task = ArithTask(form="chain", min_ops=1, max_ops=1, wrong_rule="drop_carry")
     assert task.apply(176, "+", 90, "drop_carry") == 166

@@ -109,11 +109,16 @@ def test_prm_reward_lora_actor_one_process(tiny_world, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["arith_tiny_ppo_prm", "arith_tiny_ppo_orm", "arith_tiny_ppo_rule",
+                                  "arith_chain_ppo_prm", "arith_chain_ppo_orm", "arith_chain_ppo_rule",
                                   "gsm8k_mistral7b_ppo_prm", "gsm8k_mistral7b_ppo_orm"])
 def test_experiment_configs_load_and_validate(name):
     cfg = load_config(PPOConfig, "ppo", str(EXPERIMENTS / f"{name}.yaml"))
     check(cfg, world=8 if name.startswith("gsm8k") else 1)
     assert cfg.reward.type in name and cfg.output_dir.endswith(name.rsplit("_", 1)[-1].replace("ppo", "ppo-"))
+    if name.startswith("arith"):  # an arm's paths follow its experiment (`${experiment}` in the shared base)
+        experiment = name.rsplit("_", 2)[0]
+        assert cfg.experiment == experiment and cfg.policy == f"outputs/{experiment}/world/policy"
+        assert cfg.task.form == ("chain" if "chain" in name else "modular")
     if name.startswith("gsm8k"):
         assert cfg.task.name == "gsm8k" and "zero3" in cfg.deepspeed and cfg.reward.kl_coef == 0.04
 

@@ -91,6 +91,9 @@ def test_orm_targets_only_the_last_tag_and_label_count_checked(tmp_path, rm):
     batch = TagCollator(tok, tag, 512)([prm[0]])
     marked = (~torch.isnan(batch["targets"][0])).nonzero().flatten().tolist()
     assert [batch["input_ids"][0, i].item() for i in marked] == [tag] * 4
+    first = read_examples(str(f), "prm", "se", "first_error")  # labels up to the first wrong step only
+    assert first[0].targets[:2] == [1.0, 0.2] and all(math.isnan(t) for t in first[0].targets[2:])
+    assert read_examples(str(f), "prm", "he", "first_error")[1].targets == [1.0] * 4  # no wrong step: all kept
     f.write_text(json.dumps({**rec, "labels": [True]}) + "\n")
     with pytest.raises(ShepherdError, match=r"s.jsonl:1: 1 labels for 4 steps"):
         read_examples(str(f), "prm", "he")

@@ -58,6 +58,15 @@ def test_prm_step_rewards_land_on_each_steps_last_token(tok, shaping, values):
     assert info["score"] == pytest.approx(0.6)  # min: the solution's PRM score
 
 
+def test_prefix_min_keeps_a_wrong_step_wrong(tok):
+    """A PRM that judges steps one at a time scores the step after a wrong one high again; with
+    prefix_min the delta rewards never climb back: the wrong step costs, later steps earn nothing."""
+    c = cfg(type="prm", model="x", shaping="delta", prefix_min=True)
+    rewards, info = rollout_rewards(rollout(tok), c, tok, [0.9, 0.2, 0.8])
+    assert rewards == pytest.approx(expected([0.9 - 0.5, 0.2 - 0.9, 0.0], 0.0))
+    assert info["score"] == pytest.approx(0.2)
+
+
 def test_delta_rewards_sum_to_last_minus_base_whatever_the_number_of_steps():
     c = cfg(type="prm", shaping="delta", delta_base=0.5)
     for scores in ([0.9, 0.6, 0.8], [0.9] * 10 + [0.8]):

@@ -6,8 +6,12 @@ Two forms:
   learn to check, and a wrong step still reaches the right answer by luck about one time in ten.
 - `chain`: multi-digit left chains, `Compute (97 + 80 - 69) * 4.`, intermediates kept in 0-999.
 
-A share of the SFT solutions can apply a fixed wrong rule (`swap_sub`, `drop_carry`), so the policy's
-wrong answers repeat and majority vote is not always right.
+A share of the SFT solutions can apply a fixed wrong rule, so the policy's wrong answers repeat and
+majority vote is not always right: `smaller_from_larger` (the classic pupil's subtraction bug: `a - b`
+with a < b written and computed as `b - a`; the step's arithmetic is right, its first operand is not
+the line above's result, a check a tiny reward model learns), `swap_sub` (`a - b` computed as `b - a`
+but written as `a - b`: a wrong result digit, which the tiny reward models here did not learn to
+check), `drop_carry` (chain form: addition without carries).
 """
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ from reward.errors import ShepherdError
 from reward.tasks.base import Problem, Task
 
 SPLITS = ("train", "val", "test")
-RULES = {"modular": ("none", "swap_sub"), "chain": ("none", "drop_carry")}
+RULES = {"modular": ("none", "smaller_from_larger", "swap_sub"), "chain": ("none", "drop_carry")}
 _STEP = re.compile(r"^(-?\d+) ([+\-*]) (-?\d+) = (-?\d+)( ; -?\d+( [+\-*] -?\d+)+)?$")
 _ANSWER = re.compile(r"The answer is (-?\d+)")
 
@@ -64,6 +68,13 @@ class ArithTask(Task):
         self.carry_rest = carry_rest
 
     # --- arithmetic -------------------------------------------------------------------------
+    @staticmethod
+    def written_operands(a: int, op: str, b: int, rule: str = "none") -> tuple[int, int]:
+        """The operands in the order a step writes them: `smaller_from_larger` puts the larger first."""
+        if rule == "smaller_from_larger" and op == "-" and a < b:
+            return b, a
+        return a, b
+
     def apply(self, a: int, op: str, b: int, rule: str = "none") -> int:
         """One step's result; `rule` is the systematic mistake, where it applies."""
         if rule == "swap_sub" and op == "-":
@@ -103,11 +114,12 @@ class ArithTask(Task):
         operands, ops = problem.meta["operands"], problem.meta["ops"]
         steps, value = [], operands[0]
         for k, (op, b) in enumerate(zip(ops, operands[1:])):
-            r = self.apply(value, op, b, rule)
+            x, y = self.written_operands(value, op, b, rule)
+            r = self.apply(x, op, y, rule)
             rest = "".join(f" {o} {x}" for o, x in zip(ops[k + 1:], operands[k + 2:]))
             # carry_rest: each step restates what is left to compute, so checking a step needs only the
             # line above it (no retrieval from the problem text).
-            steps.append(f"{value} {op} {b} = {r}" + (f" ; {r}{rest}" if self.carry_rest and rest else ""))
+            steps.append(f"{x} {op} {y} = {r}" + (f" ; {r}{rest}" if self.carry_rest and rest else ""))
             value = r
         return steps + [f"The answer is {value}"]
 

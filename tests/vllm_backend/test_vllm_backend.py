@@ -177,3 +177,54 @@ def test_weight_sync(vgen, folder):
     vgen.load_weights(load_causal_lm(folder, dtype="fp32", device="cpu").state_dict().items())
     again = vgen.generate(PROMPTS, temperature=0.0)
     assert [r[0].token_ids for r in again] == [r[0].token_ids for r in before]
+
+
+def test_ppo_sync_serves_the_lora_actor_merged(vgen, folder):
+    """PPO's weight sync with a LoRA actor: vLLM then generates what the adapted model generates."""
+    from types import SimpleNamespace
+
+    from peft import LoraConfig, get_peft_model
+
+    from rl.ppo import sync_rollout_weights
+
+    torch.manual_seed(3)
+    actor = get_peft_model(load_causal_lm(folder, dtype="fp32", device="cpu"),
+                           LoraConfig(r=4, lora_alpha=32, target_modules=["q_proj", "v_proj", "down_proj"],
+                                      init_lora_weights=False))  # random adapters: the model really changes
+    adapted = HFGenerator(actor, load_tokenizer(folder), max_new_tokens=MAX_NEW).generate(PROMPTS, temperature=0.0)
+    before = vgen.generate(PROMPTS, temperature=0.0)
+    assert [r[0].token_ids for r in adapted] != [r[0].token_ids for r in before]
+
+    sync_rollout_weights(vgen, SimpleNamespace(module=actor), zero3=False)
+    assert any("lora_" in k for k, _ in actor.named_parameters())  # the actor keeps training its adapters
+    after = vgen.generate(PROMPTS, temperature=0.0)
+    assert [r[0].token_ids for r in after] == [r[0].token_ids for r in adapted]
+    vgen.load_weights(load_causal_lm(folder, dtype="fp32", device="cpu").state_dict().items())
+
+
+def test_ppo_with_vllm_rollouts_samples_from_the_current_actor(tmp_path):
+    """`generation.backend=vllm` in PPO: rollouts come from the engine, which gets the actor's weights
+    after every update. The logged KL is the k1 estimate, sum(log actor - log reference), over the
+    rollouts' tokens: positive in expectation when they are sampled from the actor (KL(actor||ref)),
+    negative when sampled from the reference (-KL(ref||actor)), which is what a stale engine would do."""
+    import json
+    import subprocess
+    import sys
+
+    from tests.test_ppo import args
+
+    from rl.world import main as world
+
+    out_world = tmp_path / "world"
+    world(["--config", "configs/experiments/arith_tiny.yaml", f"output_dir={out_world}", "train.steps=300",
+           "eval_problems=20", "eval_samples=2"])
+    out = tmp_path / "ppo"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "rl.ppo", *args(out_world, out), "ppo.updates=4",
+                           "generation.backend=vllm", "generation.dtype=fp32"],
+                          env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert len(rows) == 4 and rows[0]["kl/per_response"] == pytest.approx(0.0, abs=1e-4)  # engine == actor == ref
+    assert all(r["kl/per_response"] > 1.0 for r in rows[1:]), [r["kl/per_response"] for r in rows]
+    assert (out / "policy" / "model.safetensors").is_file()
