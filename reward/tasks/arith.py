@@ -9,9 +9,9 @@ Two forms:
 A share of the SFT solutions can apply a fixed wrong rule, so the policy's wrong answers repeat and
 majority vote is not always right: `smaller_from_larger` (the classic pupil's subtraction bug: `a - b`
 with a < b written and computed as `b - a`; the step's arithmetic is right, its first operand is not
-the line above's result, a check a tiny reward model learns), `swap_sub` (`a - b` computed as `b - a`
-but written as `a - b`: a wrong result digit, which the tiny reward models here did not learn to
-check), `drop_carry` (chain form: addition without carries).
+the line above's result: a copy check, which a tiny model learned from exact labels), `swap_sub`
+(`a - b` computed as `b - a` but written as `a - b`: a wrong result digit, a lookup the tiny models
+here did not learn to check), `drop_carry` (chain form: addition without carries).
 """
 from __future__ import annotations
 
@@ -116,7 +116,7 @@ class ArithTask(Task):
         for k, (op, b) in enumerate(zip(ops, operands[1:])):
             x, y = self.written_operands(value, op, b, rule)
             r = self.apply(x, op, y, rule)
-            rest = "".join(f" {o} {x}" for o, x in zip(ops[k + 1:], operands[k + 2:]))
+            rest = "".join(f" {o} {n}" for o, n in zip(ops[k + 1:], operands[k + 2:]))
             # carry_rest: each step restates what is left to compute, so checking a step needs only the
             # line above it (no retrieval from the problem text).
             steps.append(f"{x} {op} {y} = {r}" + (f" ; {r}{rest}" if self.carry_rest and rest else ""))
