@@ -3,8 +3,8 @@
 # from the index would be a multi-GB CUDA build).
 VENV ?= .venv
 PY := $(VENV)/bin/python
-EXPERIMENT ?= configs/experiments/arith_tiny.yaml
-OUT ?= outputs/arith_tiny
+EXPERIMENT ?= configs/experiments/arith_copy.yaml
+OUT ?= outputs/arith_copy
 SHEPHERD := $(VENV)/bin/shepherd
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false

@@ -181,9 +181,9 @@ def sync_rollout_weights(generator: Generator, actor: Any, zero3: bool) -> None:
         import deepspeed
 
         with deepspeed.zero.GatheredParameters(list(module.parameters())):
-            generator.load_weights(module.state_dict().items())
+            generator.sync_weights(module)
     else:
-        generator.load_weights(module.state_dict().items())
+        generator.sync_weights(module)
 
 
 # ----------------------------------------------------------------------------------- evaluation

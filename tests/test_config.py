@@ -51,9 +51,22 @@ def test_bad_values_and_files(tmp_path):
         load_config(SampleConfig, "sample", str(tmp_path / "missing.yaml"))
 
 
-def test_demo_experiment_loads_for_every_stage():
+@pytest.mark.parametrize("experiment", ["arith_tiny", "arith_chain", "arith_copy"])
+def test_experiment_loads_for_every_stage(experiment):
+    """A key misspelt in any stage section of a shipped experiment fails here, not an hour into a pipeline."""
+    from reward.annotate import AnnotateConfig
+    from reward.eval_prm import EvalPrmConfig
+    from reward.train import RewardTrainConfig
+    from reward.verify import VerifyConfig
     from rl.evaluate import EvalConfig
+    from rl.pipeline import PipelineConfig
 
-    for schema, stage in [(WorldConfig, "world"), (SampleConfig, "sample"), (EvalConfig, "eval")]:
-        cfg = load_config(schema, stage, "configs/experiments/arith_tiny.yaml")
-        assert OmegaConf.is_config(cfg) and cfg.output_dir == f"outputs/arith_tiny/{stage}"
+    schemas = [(WorldConfig, "world"), (SampleConfig, "sample"), (EvalConfig, "eval"), (AnnotateConfig, "annotate"),
+               (RewardTrainConfig, "train-prm"), (RewardTrainConfig, "train-orm"), (VerifyConfig, "verify"),
+               (EvalPrmConfig, "eval-prm"), (PipelineConfig, "pipeline")]
+    for schema, stage in schemas:
+        cfg = load_config(schema, stage, f"configs/experiments/{experiment}.yaml")
+        if stage != "pipeline":
+            assert OmegaConf.is_config(cfg) and cfg.output_dir == f"outputs/{experiment}/{stage}"
+    arms = load_config(PipelineConfig, "pipeline", f"configs/experiments/{experiment}.yaml").arms
+    assert arms == [f"configs/experiments/{experiment}_ppo_{r}.yaml" for r in ("prm", "orm", "rule")]

@@ -110,6 +110,7 @@ def test_prm_reward_lora_actor_one_process(tiny_world, tmp_path):
 
 @pytest.mark.parametrize("name", ["arith_tiny_ppo_prm", "arith_tiny_ppo_orm", "arith_tiny_ppo_rule",
                                   "arith_chain_ppo_prm", "arith_chain_ppo_orm", "arith_chain_ppo_rule",
+                                  "arith_copy_ppo_prm", "arith_copy_ppo_orm", "arith_copy_ppo_rule",
                                   "gsm8k_mistral7b_ppo_prm", "gsm8k_mistral7b_ppo_orm"])
 def test_experiment_configs_load_and_validate(name):
     cfg = load_config(PPOConfig, "ppo", str(EXPERIMENTS / f"{name}.yaml"))
@@ -119,6 +120,9 @@ def test_experiment_configs_load_and_validate(name):
         experiment = name.rsplit("_", 2)[0]
         assert cfg.experiment == experiment and cfg.policy == f"outputs/{experiment}/world/policy"
         assert cfg.task.form == ("chain" if "chain" in name else "modular")
+        assert cfg.task.carry_rest == ("copy" in name)  # restated rests: longer solutions, more new tokens
+        assert cfg.ppo.max_new_tokens == (160 if "copy" in name else 96)
+        assert cfg.reward.prefix_min == (name == "arith_copy_ppo_prm")  # its PRM learned first-error labels
     if name.startswith("gsm8k"):
         assert cfg.task.name == "gsm8k" and "zero3" in cfg.deepspeed and cfg.reward.kl_coef == 0.04
 
