@@ -61,12 +61,12 @@ def test_experiment_loads_for_every_stage(experiment):
     from rl.evaluate import EvalConfig
     from rl.pipeline import PipelineConfig
 
+    file = f"configs/experiments/{experiment}.yaml"
     schemas = [(WorldConfig, "world"), (SampleConfig, "sample"), (EvalConfig, "eval"), (AnnotateConfig, "annotate"),
                (RewardTrainConfig, "train-prm"), (RewardTrainConfig, "train-orm"), (VerifyConfig, "verify"),
-               (EvalPrmConfig, "eval-prm"), (PipelineConfig, "pipeline")]
+               (EvalPrmConfig, "eval-prm")]
     for schema, stage in schemas:
-        cfg = load_config(schema, stage, f"configs/experiments/{experiment}.yaml")
-        if stage != "pipeline":
-            assert OmegaConf.is_config(cfg) and cfg.output_dir == f"outputs/{experiment}/{stage}"
-    arms = load_config(PipelineConfig, "pipeline", f"configs/experiments/{experiment}.yaml").arms
+        cfg = load_config(schema, stage, file)
+        assert OmegaConf.is_config(cfg) and cfg.output_dir == f"outputs/{experiment}/{stage}"
+    arms = load_config(PipelineConfig, "pipeline", file).arms
     assert arms == [f"configs/experiments/{experiment}_ppo_{r}.yaml" for r in ("prm", "orm", "rule")]
