@@ -49,22 +49,25 @@ def finish(proc: subprocess.Popen) -> None:
 
 
 def rises(rows: list[dict]) -> bool:
-    first, last = rows[0]["reward/task_return"], sum(r["reward/task_return"] for r in rows[-2:]) / 2
-    return last > first + 0.05
+    """Mean task return of the last two updates above that of the first two (64 rollouts each: one
+    update alone is too noisy a baseline; a start at 0.20 then -0.26 once failed a single-update one)."""
+    def mean(part: list[dict]) -> float:
+        return sum(r["reward/task_return"] for r in part) / len(part)
+    return mean(rows[-2:]) > mean(rows[:2]) + 0.05
 
 
 @pytest.mark.parametrize("ds", ["zero2.json", "zero3.json"])
 def test_two_rank_ppo_raises_the_reward_and_saves_a_policy(ds, tiny_world, tmp_path):
     out = tmp_path / "ppo"
-    finish(launch(tiny_world, out, 2, "ppo.updates=6", f"deepspeed={REPO / 'configs/deepspeed' / ds}"))
+    finish(launch(tiny_world, out, 2, "ppo.updates=8", "ppo.lr=5e-4", f"deepspeed={REPO / 'configs/deepspeed' / ds}"))
     rows = log_rows(out)
-    assert [r["update"] for r in rows] == list(range(1, 7))
+    assert [r["update"] for r in rows] == list(range(1, 9))
     assert rises(rows), [r["reward/task_return"] for r in rows]
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["world_size"] == 2 and metrics["updates"] == 6
+    assert metrics["world_size"] == 2 and metrics["updates"] == 8
     for key in ("accuracy_t1", "accuracy_greedy", "sft_accuracy_t1", "final_kl", "final_steps_per_response"):
         assert key in metrics
-    assert "eval/accuracy_greedy" in rows[2] and "eval/accuracy_t1" in rows[5]
+    assert "eval/accuracy_greedy" in rows[2] and "eval/accuracy_t1" in rows[5]  # eval_every=3
     policy = AutoModelForCausalLM.from_pretrained(out / "policy")  # gathered, plain safetensors
     start = AutoModelForCausalLM.from_pretrained(tiny_world / "policy")
     assert not all((a == b).all() for a, b in zip(policy.parameters(), start.parameters()))
