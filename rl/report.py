@@ -2,7 +2,7 @@
 
 PPO runs (folders with `log.jsonl`; `<arm>/seed<N>` folders are seeds of one arm) give the headline
 table: held-out accuracy of the SFT policy and of each arm (T=1, greedy, maj@k) with 95% intervals
-over seeds, and the PRM - ORM difference paired by seed; their logs give curves of accuracy, reward,
+over seeds, and every arm's difference from the ORM and rule arms, paired by seed; their logs give curves of accuracy, reward,
 KL and steps per response against updates. Stage folders give the verification table, the label
 audit, the first-error F1 and each stage's wall time.
 
@@ -86,6 +86,16 @@ def accuracy_table(arms: dict[str, list[str]]) -> tuple[list[str], dict[str, dic
         numbers[name] = {k: interval([m[k] for m in ms], ms[0].get("problems", 500)) for k in keys}
         lines.append(f"| {name} | {len(ms)} | " + " | ".join(fmt(*numbers[name][k]) for k in keys) + " |")
     return lines, numbers
+
+
+BASELINES = ("ppo-orm", "ppo-rule")  # the paper's baseline, then the oracle outcome
+
+
+def comparisons(arms: list[str]) -> list[tuple[str, str]]:
+    """Every other arm against each baseline present, then the baselines against each other."""
+    present = [b for b in BASELINES if b in arms]
+    pairs = [(a, b) for a in sorted(set(arms) - set(BASELINES)) for b in present]
+    return pairs + ([BASELINES] if len(present) == 2 else [])
 
 
 def difference(arms: dict[str, list[str]], a: str, b: str, key: str = "accuracy_t1") -> str:
@@ -175,9 +185,7 @@ def run(cfg: DictConfig) -> dict:
         parts += ["## Held-out accuracy", "", "Final evaluation on the test split; ± is a 95% interval over seeds "
                   "(t), or over problems when an arm has one seed. The SFT row is the starting policy evaluated "
                   "by every run on the same problems with the same seeds.", "", *lines, ""]
-        for a, b in (("ppo-prm", "ppo-orm"), ("ppo-prm", "ppo-rule"), ("ppo-orm", "ppo-rule")):
-            if a in arms and b in arms:
-                parts.append(f"- {difference(arms, a, b)}")
+        parts += [f"- {difference(arms, a, b)}" for a, b in comparisons(list(arms))]
         parts += ["", f"![accuracy]({cfg.name}_accuracy.png)", "", "## Training curves", "",
                   "True accuracy beside the learned reward: when the reward rises and accuracy falls, the policy "
                   "is hacking the reward model.", "", f"![curves]({cfg.name}_curves.png)", ""]

@@ -74,6 +74,15 @@ def test_pipeline_end_to_end_then_skips_everything(tmp_path):
     assert stdout.count("complete, skipped") == 11 and seconds < 60
 
 
+def test_report_compares_every_arm_with_the_orm_and_rule_baselines():
+    from rl.report import comparisons
+
+    assert comparisons(["ppo-rule", "ppo-prm", "ppo-orm"]) == [
+        ("ppo-prm", "ppo-orm"), ("ppo-prm", "ppo-rule"), ("ppo-orm", "ppo-rule")]
+    assert comparisons(["ppo-prm-rule", "ppo-prm", "ppo-rule"]) == [("ppo-prm", "ppo-rule"), ("ppo-prm-rule", "ppo-rule")]
+    assert comparisons(["ppo-prm", "ppo-prm-r2"]) == []
+
+
 def test_the_papers_recipe_loads_for_every_stage():
     """configs/experiments/gsm8k_mistral7b.yaml (what launch/paper_recipe.sh runs) is valid for each stage."""
     from reward.annotate import AnnotateConfig
