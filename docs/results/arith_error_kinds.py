@@ -21,8 +21,10 @@ import os
 import re
 from collections import Counter, defaultdict
 
-from reward.tasks.arith import ArithTask
-from reward.tasks.base import Problem
+from omegaconf import OmegaConf
+
+from reward.tasks import load_task
+from reward.tasks.base import Problem, Task
 
 STEP = re.compile(r"^(\d+) ([+-]) (\d+) = (\d+)(?: ; (.*))?$")
 KINDS = ["taught rule", "operand", "restated rest", "result digit", "missing step", "format"]
@@ -42,11 +44,13 @@ def kind(right: str, wrong: str) -> str:
     return "result digit" if r2 != r else "restated rest"
 
 
-def count(path: str, task: ArithTask, threshold: float) -> tuple[int, int, Counter, Counter]:
-    """Samples, right answers, first-error kinds, and those flagged by the PRM, in one scores.jsonl."""
+def count(folder: str, threshold: float) -> tuple[int, int, Counter, Counter]:
+    """Samples, right answers, first-error kinds, and those flagged by the PRM, in one scored folder
+    (its task is the one its `shepherd sample` run wrote into config.yaml)."""
+    task: Task = load_task(OmegaConf.load(os.path.join(folder, "config.yaml")).task)
     n = right = 0
     kinds, flagged = Counter(), Counter()
-    with open(path) as f:
+    with open(os.path.join(folder, "scores", "scores.jsonl")) as f:
         for line in f:
             rec = json.loads(line)
             n += 1
@@ -67,7 +71,6 @@ def main() -> None:
     parser.add_argument("folders", nargs="+")
     parser.add_argument("--threshold", type=float, default=0.6, help="eval-prm's threshold on arith_copy")
     args = parser.parse_args()
-    task = ArithTask(form="modular", ops="+-", wrong_rule="smaller_from_larger", carry_rest=True)
     groups: dict[str, list[str]] = defaultdict(list)
     for folder in sorted(args.folders):
         groups[re.sub(r"-\d+$", "", os.path.basename(folder.rstrip("/")))].append(folder)
@@ -77,7 +80,7 @@ def main() -> None:
         n = right = 0
         kinds, flagged = Counter(), Counter()
         for folder in folders:
-            a, b, k, f = count(os.path.join(folder, "scores", "scores.jsonl"), task, args.threshold)
+            a, b, k, f = count(folder, args.threshold)
             n, right = n + a, right + b
             kinds.update(k)
             flagged.update(f)
