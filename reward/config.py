@@ -21,7 +21,7 @@ from reward.errors import ShepherdError
 # experiment file must be one of these sections.
 STAGES = (
     "world", "sft", "sample", "eval", "annotate", "train-prm", "train-orm", "score", "verify",
-    "eval-prm", "ppo", "report", "pipeline",
+    "eval-prm", "ppo", "prm-round", "report", "pipeline",
 )
 SHARED_KEYS = ("experiment", "seed", "task")
 BASE_KEY = "base"  # `base: other.yaml`: this file's keys override that file's (a path relative to this file)

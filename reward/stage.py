@@ -1,5 +1,6 @@
-"""The shape every stage shares: parse `--config FILE key=value ...`, save the resolved config, run,
-save a flat metrics.json, and turn bad input into one clear line instead of a traceback."""
+"""The shape every stage shares: parse `--config FILE key=value ...`, save the resolved config and the
+environment (package versions, CPU, GPU), run, save a flat metrics.json, and turn bad input into one
+clear line instead of a traceback."""
 from __future__ import annotations
 
 import argparse
@@ -13,12 +14,46 @@ from omegaconf import DictConfig
 
 from reward.config import describe, load_config
 from reward.errors import ShepherdError
-from reward.io import save_metrics, save_stage_config
+from reward.io import save_metrics, save_stage_config, write_json
 
 
 def is_main_process() -> bool:
     """Rank 0 writes the shared files (config.yaml, metrics.json) when several ranks run a stage."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+PACKAGES = ("torch", "transformers", "trl", "deepspeed", "peft", "accelerate", "tokenizers", "datasets", "omegaconf",
+            "vllm")
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16")  # what decides fp32 against bf16 speed on CPU
+
+
+def environment() -> dict[str, Any]:
+    """What ran a stage: package versions, CPU and GPU. Two builds of one config that differ can then be
+    told apart (the same arith_copy config gave an SFT policy of 0.54 on one machine, 0.37 on another)."""
+    import platform
+    from importlib import metadata
+
+    packages = {}
+    for name in PACKAGES:
+        try:
+            packages[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    cpu, flags = platform.processor(), set()
+    if os.path.isfile("/proc/cpuinfo"):
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    cpu = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    torch = sys.modules.get("torch")
+    gpu = torch.cuda.get_device_name(0) if torch is not None and torch.cuda.is_available() else ""
+    return {"python": platform.python_version(), "platform": platform.platform(), "cpu": cpu,
+            "cpu_flags": [f for f in CPU_FLAGS if f in flags], "cpu_count": os.cpu_count(),
+            "torch_threads": torch.get_num_threads() if torch is not None else None, "gpu": gpu, "packages": packages}
 
 
 def parse_stage_args(stage: str, schema: type, doc: str, argv: Sequence[str] | None) -> DictConfig:
@@ -62,6 +97,7 @@ def stage_main(stage: str, schema: type, run: Callable[[DictConfig], dict[str, A
         cfg = parse_stage_args(stage, schema, doc, argv)
         if is_main_process():
             save_stage_config(cfg)
+            write_json(os.path.join(cfg.output_dir, "environment.json"), environment())
         started = time.time()
         metrics = run(cfg)
         metrics.setdefault("stage_seconds", round(time.time() - started, 1))

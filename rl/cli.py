@@ -21,6 +21,7 @@ STAGES = {
     "verify": ("reward.verify", "best-of-N with PRM / ORM / majority / confidence, pairwise accuracy, plot"),
     "eval-prm": ("reward.eval_prm", "how well a PRM finds the first wrong step: ProcessBench F1 (arith oracle or ProcessBench)"),
     "ppo": ("rl.ppo", "step-by-step PPO under DeepSpeed ZeRO: PRM reward at every step, ORM / rule baselines"),
+    "prm-round": ("rl.prm_round", "label a PPO policy's own samples (sample, annotate) and train a PRM on every round's labels"),
     "report": ("rl.report", "one markdown report with plots from stage and PPO run folders"),
     "pipeline": ("rl.pipeline", "every stage of an experiment, the PPO arms over seeds, the report; skips finished stages"),
 }

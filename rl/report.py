@@ -27,7 +27,9 @@ from reward.stage import stage_main
 
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 ACCURACY = ("accuracy_t1", "accuracy_greedy")
-CURVES = (("eval/accuracy_t1", "held-out accuracy (T=1)"), ("reward/task_return", "task reward per rollout"),
+# The rollouts' true accuracy beside the reward model's score of them: the hacking alarm (score up, accuracy down).
+CURVES = (("eval/accuracy_t1", "held-out accuracy (T=1)"), ("train/accuracy", "rollout accuracy (true)"),
+          ("reward/score", "reward model's score of the rollouts"), ("reward/task_return", "task reward per rollout"),
           ("kl/per_response", "KL to the reference per response"), ("response/steps", "steps per response"))
 
 
@@ -141,7 +143,8 @@ def plot_curves(arms: dict[str, list[str]], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(CURVES), figsize=(4 * len(CURVES), 3.2))
+    fig, grid = plt.subplots(2, len(CURVES) // 2, figsize=(2 * len(CURVES), 6.4))
+    axes = grid.flatten()
     for arm, runs in arms.items():
         logs = [read_jsonl(os.path.join(d, "log.jsonl")) for d in runs]
         for ax, (key, title) in zip(axes, CURVES):

@@ -36,6 +36,7 @@ def mini_experiment(tmp_path):
                 "eval_samples": 2, "final_eval_problems": 6, "final_eval_samples": 2, "checkpoint_every": 2,
                 "ppo": {"updates": 2, "prompts_per_update": 4, "samples_per_prompt": 4, "minibatch_size": 16,
                         "max_new_tokens": 32}},
+        "prm_round": {"output_dir": f"{out}/prm-round"},
         "pipeline": {"output_dir": f"{out}/report", "seeds": [0]},
     }
     arms = []
@@ -49,9 +50,9 @@ def mini_experiment(tmp_path):
     return tmp_path / "mini.yaml", out
 
 
-def pipeline(config):
+def pipeline(config, *overrides):
     started = time.time()
-    proc = subprocess.run([sys.executable, "-m", "rl.cli", "pipeline", "--config", str(config)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "rl.cli", "pipeline", "--config", str(config), *overrides], cwd=REPO,
                           capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return time.time() - started, proc.stdout
@@ -72,6 +73,20 @@ def test_pipeline_end_to_end_then_skips_everything(tmp_path):
     assert (out / "report" / "report_curves.png").stat().st_size > 1000
     seconds, stdout = pipeline(config)
     assert stdout.count("complete, skipped") == 11 and seconds < 60
+
+    # A second PRM round: labels on the PRM arm's own samples, a PRM on both rounds, the arm again.
+    pipeline(config, "prm_rounds=2")
+    rnd = out / "prm-round2"
+    m = json.loads((rnd / "metrics.json").read_text())
+    first = (out / "annotate" / "stepwise.jsonl").read_text().splitlines()
+    new = (rnd / "annotate" / "stepwise.jsonl").read_text().splitlines()
+    assert 0 < len(new) <= 8 * 4 and m["records"] == len(first) + len(new) == len((rnd / "data.jsonl").read_text().splitlines())
+    assert m["round"] == 2 and m["completer"] == f"{out}/world/policy"
+    sampled = yaml.safe_load((rnd / "sample" / "config.yaml").read_text())
+    assert sampled["policy"] == f"{out}/ppo-prm/seed0/policy"
+    trained = yaml.safe_load((out / "ppo-prm-r2" / "seed0" / "config.yaml").read_text())
+    assert trained["reward"]["model"] == f"{rnd}/train-prm/model" and (rnd / "train-prm" / "model").is_dir()
+    assert "ppo-prm-r2" in (out / "report" / "report.md").read_text()
 
 
 def test_report_compares_every_arm_with_the_orm_and_rule_baselines():
@@ -101,3 +116,28 @@ def test_the_papers_recipe_loads_for_every_stage():
         assert cfg.task.name == "gsm8k" and cfg.output_dir == stage_output_dir(exp, stage), stage
     assert load_config(RewardTrainConfig, "train-orm", exp).kind == "orm"
     assert "zero3" in load_config(RewardTrainConfig, "train-prm", exp).train.deepspeed
+
+
+def test_prm_round_checks_its_inputs_before_sampling(tmp_path):
+    """A missing earlier round or an unknown starting policy fails at once, naming the path or key."""
+    import pytest
+
+    from reward.config import load_config
+    from reward.errors import ShepherdError
+    from rl.prm_round import PrmRoundConfig, run, started_from
+
+    config, out = mini_experiment(tmp_path)
+    run_dir = out / "ppo-prm" / "seed0"
+    (run_dir / "policy").mkdir(parents=True)
+    with pytest.raises(ShepherdError, match="give the completer"):
+        started_from(str(run_dir / "policy"))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump({"policy": "outputs/x/world/policy"}))
+    assert started_from(str(run_dir / "policy") + "/") == "outputs/x/world/policy"
+
+    (out / "annotate").mkdir(parents=True)
+    (out / "annotate" / "stepwise.jsonl").write_text("{}\n")
+    cfg = load_config(PrmRoundConfig, "prm-round", str(config),
+                      [f"experiment_file={config}", f"policy={run_dir}/policy", f"earlier_rounds=[{out}/prm-round2]"])
+    with pytest.raises(ShepherdError, match=f"{out}/prm-round2/annotate/stepwise.jsonl"):
+        run(cfg)
+    assert not (out / "prm-round" / "sample").exists()  # nothing sampled before the check

@@ -1,5 +1,6 @@
 """Stages end to end on a small trained world: world, sample (with resume), eval, CLI and bad input."""
 import json
+import os
 import subprocess
 import sys
 
@@ -19,6 +20,10 @@ def test_world_outputs_and_learning(tiny_world):
     for key in ("accuracy_greedy", "accuracy_t1", "format_error_rate", "right_answer_wrong_step", "train_seconds"):
         assert key in metrics
     assert (tiny_world / "config.yaml").read_text().count("wrong_rule: swap_sub") == 1
+    env = json.loads((tiny_world / "environment.json").read_text())  # what built it, to tell builds apart
+    import torch
+
+    assert env["packages"]["torch"] == torch.__version__ and env["cpu_count"] == os.cpu_count()
     # 300 SFT steps teach the format and much of the arithmetic; an untrained model gets neither.
     assert metrics["format_error_rate"] < 0.25
     assert metrics["accuracy_greedy"] > 0.15
