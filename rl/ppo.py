@@ -38,7 +38,8 @@ from reward.train import LoraSettings
 from rl import engines
 from rl.evaluate import majority_answer
 from rl.losses import entropy_from_logits, gae, masked_mean, policy_loss, value_loss, whiten
-from rl.rewards import RewardConfig, Rollout, check_config, normalize_task_rewards, rollout_rewards, with_kl
+from rl.rewards import (ORACLE, RewardConfig, Rollout, check_config, normalize_task_rewards, oracle_step_scores,
+                        rollout_rewards, with_kl)
 
 
 @dataclass
@@ -250,8 +251,10 @@ def load_checkpoint(root: str, actor: Any, critic: Any, rank: int) -> dict[str, 
 
 
 # ----------------------------------------------------------------------------------- the run
-def check(cfg: DictConfig, world: int) -> None:
-    check_config(cfg.reward)
+def check(cfg: DictConfig, world: int, task: Task) -> None:
+    check_config(cfg.reward, task.has_oracle)
+    if cfg.critic_init == "reward" and cfg.reward.model == ORACLE:
+        raise ShepherdError("critic_init=reward needs a reward model folder, not reward.model=oracle")
     if not cfg.policy:
         raise ShepherdError("no policy given (key policy): the SFT policy folder")
     p = cfg.ppo
@@ -283,11 +286,11 @@ def load_critic(path: str) -> Any:
 
 def run(cfg: DictConfig) -> dict:
     rank, world, device = engines.init_distributed()
-    check(cfg, world)
+    task = load_task(cfg.task)
+    check(cfg, world, task)
     p, rc = cfg.ppo, cfg.reward
     started = time.time()
     torch.manual_seed(cfg.seed + rank)
-    task = load_task(cfg.task)
     tokenizer = load_tokenizer(cfg.policy, "policy")
     train_cfg = engines.ds_config(cfg.deepspeed, p.minibatch_size, p.max_grad_norm, world, train=True)
     frozen_cfg = engines.ds_config(cfg.deepspeed, p.minibatch_size, p.max_grad_norm, world, train=False)
@@ -317,7 +320,7 @@ def run(cfg: DictConfig) -> dict:
     ref = None if cfg.lora.enabled else engines.build(lambda: load_causal_lm(cfg.policy, "policy", device="cpu"),
                                                      frozen_cfg, None, device)
     rm = rm_tok = None
-    if rc.type != "rule":
+    if rc.type != "rule" and rc.model != ORACLE:
         rm = engines.build(lambda: load_causal_lm(rc.model, "reward.model", device="cpu"), frozen_cfg, None, device)
         rm_tok = load_tokenizer(rc.model, "reward.model")
 
@@ -370,7 +373,8 @@ def run(cfg: DictConfig) -> dict:
             for s in group:
                 g = task.grade(q, s.text)
                 rollouts.append(Rollout(q.question, s.text, s.token_ids + ([eos] if s.finished else []), g["steps"],
-                                        bool(g["correct"]), g["answer"] is not None, bool(g["well_formed"])))
+                                        bool(g["correct"]), g["answer"] is not None, bool(g["well_formed"]),
+                                        g.get("first_error")))
                 prompt_tokens.append(ids)
         # 2. scores and reward placement (reward model with its own tokenizer; every rank scores all of
         #    its rollouts, so ZeRO-3 ranks run the same number of forward passes)
@@ -378,6 +382,8 @@ def run(cfg: DictConfig) -> dict:
         if rm is not None:
             step_scores = score_steps(rm.module, rm_tok, [(r.question, r.steps) for r in rollouts],
                                       rc.score_batch_size, rc.max_length, rc.step_tag)
+        elif rc.model == ORACLE:
+            step_scores = [oracle_step_scores(r) for r in rollouts]
         placed = [rollout_rewards(r, rc, tokenizer, s) for r, s in zip(rollouts, step_scores)]
         b = make_batch(prompt_tokens, [r.token_ids for r in rollouts], pad, device)
         task_rewards = torch.zeros_like(b.mask)

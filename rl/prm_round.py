@@ -78,9 +78,10 @@ def run(cfg: DictConfig) -> dict:
     data = os.path.join(out, "data.jsonl")
     records = merge_rounds(labels + [os.path.join(annotate, "stepwise.jsonl")], data)
     steps = [f"train.steps={cfg.train_steps}"] if cfg.train_steps else []
-    seconds["train-prm"] = run_stage("train-prm", exp, train, [f"data={data}", *steps])
+    seconds["train_prm"] = run_stage("train-prm", exp, train, [f"data={data}", *steps])
+    times = {f"{stage}_seconds": round(v, 1) for stage, v in seconds.items()}
     return {"round": len(labels) + 1, "completer": completer, "records": records,
-            "prm": os.path.join(train, "model"), **{f"{k}_seconds": round(v, 1) for k, v in seconds.items()}}
+            "prm": os.path.join(train, "model"), **times}
 
 
 def main(argv: list[str] | None = None) -> dict:

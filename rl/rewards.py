@@ -9,6 +9,9 @@
   so the return is the soft minimum of the step scores;
 - `orm`: the ORM's score (its last tag) at the last token;
 - `rule`: 1/0 for the gold answer at the last token.
+`model: oracle` (arith) scores steps with the task's oracle instead of a reward model: 1 before the
+first wrong step, 0 from it on, the scores a perfect first-error PRM would give, so that a run
+measures what step-by-step PPO gains with no verifier error (the ceiling a learned PRM aims at).
 Every type adds `rule_weight` x the rule reward (a weighted sum of process and outcome reward), a
 penalty for a rollout without a final answer or with broken format, and a per-token KL penalty.
 
@@ -30,13 +33,14 @@ from reward.tasks import STEP_TAG
 from rl.losses import kl_estimate
 
 TYPES = ("prm", "prm_min", "orm", "rule")
+ORACLE = "oracle"  # reward.model: the task's oracle scores the steps
 SHAPINGS = ("delta", "clip", "none")
 
 
 @dataclass
 class RewardConfig:
     type: str = "prm"  # prm | prm_min | orm | rule
-    model: str = ""  # reward-model folder (prm, prm_min, orm)
+    model: str = ""  # reward-model folder (prm, prm_min, orm), or `oracle` (arith: the oracle's step labels)
     step_tag: str = STEP_TAG  # the reward model's own step tag
     shaping: str = "delta"  # prm: delta | clip | none
     delta_base: float = 0.5  # delta: the score before the first step
@@ -57,7 +61,7 @@ class RewardConfig:
     max_length: int = 1024
 
 
-def check_config(cfg: Any) -> None:
+def check_config(cfg: Any, has_oracle: bool) -> None:
     if cfg.type not in TYPES:
         raise ShepherdError(f"unknown reward type '{cfg.type}' (key reward.type); use one of {', '.join(TYPES)}")
     if cfg.shaping not in SHAPINGS:
@@ -66,6 +70,8 @@ def check_config(cfg: Any) -> None:
         raise ShepherdError(f"unknown KL estimator '{cfg.kl_estimator}' (key reward.kl_estimator); use k1 or k3")
     if cfg.type != "rule" and not cfg.model:
         raise ShepherdError(f"reward.type={cfg.type} needs a reward model folder (key reward.model)")
+    if cfg.model == ORACLE and not has_oracle:
+        raise ShepherdError("reward.model=oracle needs a task whose oracle knows the first wrong step (task.name=arith)")
 
 
 def shape_step_scores(scores: Sequence[float], cfg: Any) -> list[float]:
@@ -135,6 +141,13 @@ class Rollout:
     correct: bool
     has_answer: bool
     well_formed: bool
+    first_error: int | None = None  # the oracle's first wrong step (arith), None when all are right
+
+
+def oracle_step_scores(rollout: Rollout) -> list[float]:
+    """1 for each step before the oracle's first wrong step, 0 from it on: a perfect first-error PRM."""
+    first = len(rollout.steps) if rollout.first_error is None else rollout.first_error
+    return [1.0 if k < first else 0.0 for k in range(len(rollout.steps))]
 
 
 def rollout_rewards(rollout: Rollout, cfg: Any, tokenizer: Any, step_scores: Sequence[float] | None

@@ -8,7 +8,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from reward.errors import ShepherdError
 from reward.prm import score_steps
-from rl.rewards import RewardConfig, Rollout, check_config, rollout_rewards, shape_step_scores, with_kl
+from rl.rewards import (RewardConfig, Rollout, check_config, oracle_step_scores, rollout_rewards, shape_step_scores,
+                        with_kl)
 from rl.tokenizer import build_tokenizer
 
 Q = "Compute 3 + 4 * 2 mod 10."
@@ -117,11 +118,25 @@ def test_kl_penalty_every_token_and_clipping(tok):
 
 def test_bad_reward_config_is_one_clear_error():
     with pytest.raises(ShepherdError, match="reward.type"):
-        check_config(cfg(type="prm_sum"))
+        check_config(cfg(type="prm_sum"), True)
     with pytest.raises(ShepherdError, match="reward.model"):
-        check_config(cfg(type="prm", model=""))
+        check_config(cfg(type="prm", model=""), True)
     with pytest.raises(ShepherdError, match="reward.shaping"):
-        check_config(cfg(shaping="centred", model="x"))
+        check_config(cfg(shaping="centred", model="x"), True)
+    with pytest.raises(ShepherdError, match="task.name=arith"):
+        check_config(cfg(type="prm", model="oracle"), False)
+    check_config(cfg(type="prm", model="oracle"), True)
+
+
+def test_oracle_step_scores_are_a_perfect_first_error_prm(tok):
+    """model=oracle: 1 before the oracle's first wrong step, 0 from it on, then the usual shaping."""
+    wrong = Rollout(Q, TEXT, rollout(tok).token_ids, STEPS, False, True, True, first_error=1)
+    assert oracle_step_scores(wrong) == [1.0, 0.0, 0.0]
+    assert oracle_step_scores(rollout(tok)) == [1.0, 1.0, 1.0]  # first_error None: every step right
+    stopped = Rollout(Q, TEXT, rollout(tok).token_ids, STEPS, False, False, False, first_error=3)
+    assert oracle_step_scores(stopped) == [1.0, 1.0, 1.0]  # the missing next step is not a written step
+    rewards, info = rollout_rewards(wrong, cfg(type="prm", model="oracle"), tok, oracle_step_scores(wrong))
+    assert rewards == pytest.approx(expected([0.5, -1.0, 0.0], 0.0)) and info["score"] == 0.0
 
 
 def char_tokenizer():
