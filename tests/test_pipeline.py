@@ -141,3 +141,21 @@ def test_prm_round_checks_its_inputs_before_sampling(tmp_path):
     with pytest.raises(ShepherdError, match=f"{out}/prm-round2/annotate/stepwise.jsonl"):
         run(cfg)
     assert not (out / "prm-round" / "sample").exists()  # nothing sampled before the check
+
+
+def test_prm_rounds_iterate_the_first_process_reward_arm(tmp_path):
+    import pytest
+
+    from reward.config import load_config
+    from reward.errors import ShepherdError
+    from rl.pipeline import PipelineConfig, round_arm
+
+    config, _ = mini_experiment(tmp_path)
+    cfg = load_config(PipelineConfig, "pipeline", str(config), [f"experiment_file={config}"])
+    assert round_arm(cfg).endswith("mini_ppo_prm.yaml")  # arms: prm, orm, rule
+    cfg.arms = [a for a in cfg.arms if not a.endswith("mini_ppo_prm.yaml")]
+    with pytest.raises(ShepherdError, match="prm_rounds > 1 needs an arm"):
+        round_arm(cfg)
+    cfg.prm_arm = str(tmp_path / "missing.yaml")
+    with pytest.raises(ShepherdError, match="key prm_arm"):
+        round_arm(cfg)
