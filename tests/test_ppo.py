@@ -13,6 +13,7 @@ from transformers import AutoModelForCausalLM
 
 from reward.config import load_config
 from reward.errors import ShepherdError
+from reward.tasks import load_task
 from rl.ppo import PPOConfig, check
 
 from .conftest import REPO
@@ -117,7 +118,7 @@ def test_prm_reward_lora_actor_one_process(tiny_world, tmp_path):
                                   "gsm8k_mistral7b_ppo_prm", "gsm8k_mistral7b_ppo_orm"])
 def test_experiment_configs_load_and_validate(name):
     cfg = load_config(PPOConfig, "ppo", str(EXPERIMENTS / f"{name}.yaml"))
-    check(cfg, world=8 if name.startswith("gsm8k") else 1)
+    check(cfg, 8 if name.startswith("gsm8k") else 1, load_task(cfg.task))
     assert cfg.reward.type in name and cfg.output_dir.endswith(name.rsplit("_", 1)[-1].replace("ppo", "ppo-"))
     if name.startswith("arith"):  # an arm's paths follow its experiment (`${experiment}` in the shared base)
         experiment = name.rsplit("_", 2)[0]
@@ -132,8 +133,17 @@ def test_experiment_configs_load_and_validate(name):
 
 def test_bad_ppo_config_is_one_clear_error(tmp_path):
     with pytest.raises(ShepherdError, match="ppo.prompts_per_update"):
-        check(load_config(PPOConfig, "ppo", None, ["policy=x", "reward.type=rule", "ppo.prompts_per_update=3"]), 2)
+        check(load_config(PPOConfig, "ppo", None, ["policy=x", "reward.type=rule", "ppo.prompts_per_update=3"]), 2,
+              load_task("arith"))
     with pytest.raises(ShepherdError, match="reward.model"):
-        check(load_config(PPOConfig, "ppo", None, ["policy=x", "reward.type=orm"]), 1)
+        check(load_config(PPOConfig, "ppo", None, ["policy=x", "reward.type=orm"]), 1, load_task("arith"))
+    oracle = load_config(PPOConfig, "ppo", str(EXPERIMENTS / "arith_copy_ppo_prm_oracle.yaml"))
+    check(oracle, 1, load_task(oracle.task))  # the diagnostic arm: the PRM arm with the oracle's step labels
+    assert oracle.reward.model == "oracle" and oracle.output_dir == "outputs/arith_copy/ppo-prm-oracle"
+    with pytest.raises(ShepherdError, match="task.name=arith"):
+        check(oracle, 1, load_task("gsm8k"))
+    with pytest.raises(ShepherdError, match="critic_init=reward"):
+        check(load_config(PPOConfig, "ppo", str(EXPERIMENTS / "arith_copy_ppo_prm_oracle.yaml"), ["critic_init=reward"]),
+              1, load_task("arith"))
     with pytest.raises(ShepherdError, match="unknown config key 'ppo.learning_rate'"):
         load_config(PPOConfig, "ppo", None, ["ppo.learning_rate=1"])
