@@ -1,8 +1,8 @@
 """`shepherd pipeline --config FILE`: every stage of an experiment in order, then the PPO arms over
 seeds (and, with `prm_rounds`, more rounds of PRM labels on the PRM arm's own policy, each followed
-by that arm again), then the report. A stage whose `metrics.json` exists is complete and skipped (a second run takes
-seconds); a partial one is run again and resumes (sample and annotate by chunks, PPO from its last
-checkpoint). Each stage runs in its own process, as a user would start it.
+by that arm again), then the report. A stage whose `metrics.json` exists is complete and skipped (a
+second run takes seconds); a partial one is run again and resumes (sample and annotate by chunks, PPO
+from its last checkpoint). Each stage runs in its own process, as a user would start it.
 
     shepherd pipeline --config configs/experiments/arith_tiny.yaml
 """
@@ -79,7 +79,8 @@ def prm_rounds(cfg: DictConfig) -> list[str]:
     policy, rounds, runs = os.path.join(arm_out, f"seed{seeds[0]}", "policy"), [], []
     for r in range(2, cfg.prm_rounds + 1):
         round_out = stage_output_dir(cfg.experiment_file, "prm-round") + str(r)
-        run_stage("prm-round", cfg.experiment_file, round_out, [f"policy={policy}", f"earlier_rounds=[{','.join(rounds)}]"])
+        run_stage("prm-round", cfg.experiment_file, round_out,
+                  [f"policy={policy}", f"earlier_rounds=[{','.join(rounds)}]"])
         rounds.append(round_out)
         for seed in seeds:
             out = os.path.join(f"{arm_out}-r{r}", f"seed{seed}")
