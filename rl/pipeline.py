@@ -39,8 +39,9 @@ class PipelineConfig(StageConfig):
     prm_arm: str = ""  # the arm the rounds retrain; empty: the first arm whose reward.type is prm or prm_min
 
 
-def arm_runs(arm: str, seeds: list[int]) -> list[tuple[int, str]]:
-    return [(seed, os.path.join(stage_output_dir(arm, "ppo"), f"seed{seed}")) for seed in seeds]
+def arm_runs(out_dir: str, seeds: list[int]) -> list[tuple[int, str]]:
+    """An arm's run folders under its output folder, one per seed: <out_dir>/seed<N>."""
+    return [(seed, os.path.join(out_dir, f"seed{seed}")) for seed in seeds]
 
 
 def run_stage(stage: str, config_file: str, out_dir: str, extra: list[str]) -> float:
@@ -76,17 +77,17 @@ def prm_rounds(cfg: DictConfig) -> list[str]:
         return []
     arm = round_arm(cfg)
     arm_out, seeds = stage_output_dir(arm, "ppo"), list(cfg.seeds)
-    policy, rounds, runs = os.path.join(arm_out, f"seed{seeds[0]}", "policy"), [], []
+    policy, rounds, runs = os.path.join(arm_runs(arm_out, seeds)[0][1], "policy"), [], []
     for r in range(2, cfg.prm_rounds + 1):
         round_out = stage_output_dir(cfg.experiment_file, "prm-round") + str(r)
         run_stage("prm-round", cfg.experiment_file, round_out,
                   [f"policy={policy}", f"earlier_rounds=[{','.join(rounds)}]"])
         rounds.append(round_out)
-        for seed in seeds:
-            out = os.path.join(f"{arm_out}-r{r}", f"seed{seed}")
+        round_runs = arm_runs(f"{arm_out}-r{r}", seeds)
+        for seed, out in round_runs:
             run_stage("ppo", arm, out, [f"seed={seed}", "resume=true", f"reward.model={round_out}/train-prm/model"])
             runs.append(out)
-        policy = os.path.join(f"{arm_out}-r{r}", f"seed{seeds[0]}", "policy")
+        policy = os.path.join(round_runs[0][1], "policy")
     return runs
 
 
@@ -106,7 +107,7 @@ def run(cfg: DictConfig) -> dict:
         seconds[stage] = run_stage(stage, cfg.experiment_file, stage_output_dir(cfg.experiment_file, stage), [])
     runs = []
     for arm in cfg.arms:
-        for seed, out in arm_runs(arm, list(cfg.seeds)):
+        for seed, out in arm_runs(stage_output_dir(arm, "ppo"), list(cfg.seeds)):
             seconds[out] = run_stage("ppo", arm, out, [f"seed={seed}", "resume=true"])
             runs.append(out)
     runs += prm_rounds(cfg)

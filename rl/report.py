@@ -3,8 +3,8 @@
 PPO runs (folders with `log.jsonl`; `<arm>/seed<N>` folders are seeds of one arm) give the headline
 table: held-out accuracy of the SFT policy and of each arm (T=1, greedy, maj@k) with 95% intervals
 over seeds, and every arm's difference from the ORM and rule arms, paired by seed; their logs give
-curves of accuracy, reward, KL and steps per response against updates. Stage folders give the verification table, the label
-audit, the first-error F1 and each stage's wall time.
+curves of accuracy, reward, KL and steps per response against updates. Stage folders give the
+verification table, the label audit, the first-error F1 and each stage's wall time.
 
     shepherd report outputs/arith_tiny/* output_dir=docs/results
 """
