@@ -7,7 +7,9 @@ and shared, and all completions of a chunk of solutions go into large generation
 
 Strategies: `full` (every step gets N completions, the paper), `early_stop` (a step stops at its first
 success; steps after the first step with none are labelled 0 unsampled), `binary_search` (the first
-step with no success found by bisection over the prefixes, after OmegaPRM, Luo et al. 2024).
+step with no success found by bisection over the prefixes, after OmegaPRM, Luo et al. 2024), and
+`oracle` (no completions: 1 before the task oracle's first wrong step, 0 from it on; arith only, a
+diagnostic that separates a PRM's Monte-Carlo label noise from what its model can learn).
 
 Written here rather than taken from a library: no library does MC step labelling with shared prefixes.
 """
@@ -29,7 +31,7 @@ from reward.labels import hard_estimate, soft_estimate, to_math_shepherd
 from reward.stage import stage_main
 from reward.tasks import STEP_TAG, Problem, Task, load_task
 
-STRATEGIES = ("full", "early_stop", "binary_search")
+STRATEGIES = ("full", "early_stop", "binary_search", "oracle")
 
 
 @dataclass
@@ -37,7 +39,7 @@ class AnnotateConfig(StageConfig):
     input: str = ""  # samples.jsonl from `shepherd sample` (or records with question, gold, steps)
     completer: str = ""  # model folder; empty: the policy that wrote `input` (its config.yaml)
     n_completions: int = 8  # N per step, as in the paper
-    strategy: str = "full"  # full | early_stop | binary_search
+    strategy: str = "full"  # full | early_stop | binary_search | oracle
     temperature: float = 1.0
     share_prefixes: bool = True
     early_stop_round: int = 2  # early_stop: completions per round until the first success
@@ -161,6 +163,17 @@ def label_binary_search(c: Completer, sols: list[Solution], n: int, seed: int) -
     return counts
 
 
+def label_oracle(task: Task, sols: list[Solution]) -> list[StepCounts]:
+    """Exact labels from the task's oracle, nothing sampled: steps before the first wrong one are marked
+    reachable (n_correct -1, as binary search marks them), the rest 0."""
+    out = []
+    for s in sols:
+        first = task.first_error(s.problem, task.join_steps(s.steps))
+        first = len(s.steps) if first is None else first
+        out.append(StepCounts([-1 if k < first else 0 for k in range(len(s.steps) - 1)], [0] * (len(s.steps) - 1)))
+    return out
+
+
 def run_strategy(strategy: str, c: Completer, sols: list[Solution], n: int, seed: int, cfg: Any) -> list[StepCounts]:
     if strategy == "full":
         return label_full(c, sols, n, seed)
@@ -245,14 +258,18 @@ def run(cfg: DictConfig) -> dict:
     path = os.path.join(cfg.output_dir, "stepwise.jsonl")
     chunks = [sols[i: i + cfg.chunk_solutions] for i in range(0, len(sols), cfg.chunk_solutions)]
     first_todo = keep_whole_chunks(path, [[s.id for s in ch] for ch in chunks])
+    oracle = cfg.strategy == "oracle"
+    if oracle and not task.has_oracle:
+        raise ShepherdError(f"strategy oracle needs a task with an oracle (arith), not '{task.name}' (key strategy)")
 
     start = time.time()
     completer = None
-    if first_todo < len(chunks) or cfg.audit:
+    if (first_todo < len(chunks) and not oracle) or cfg.audit:
         completer = Completer(load_generator(completer_path(cfg), cfg.generation, key="completer"), task,
                               cfg.temperature, cfg.share_prefixes)
     for ci in tqdm(range(first_todo, len(chunks)), desc="annotate", initial=first_todo, total=len(chunks)):
-        counts = run_strategy(cfg.strategy, completer, chunks[ci], cfg.n_completions, cfg.seed * 1000003 + ci, cfg)
+        counts = label_oracle(task, chunks[ci]) if oracle else \
+            run_strategy(cfg.strategy, completer, chunks[ci], cfg.n_completions, cfg.seed * 1000003 + ci, cfg)
         append_jsonl(path, [stepwise_record(s, c, task, cfg.strategy) for s, c in zip(chunks[ci], counts)])
     seconds = time.time() - start
 

@@ -116,6 +116,22 @@ def test_binary_search_finds_the_first_failure(tiny_world, tiny_samples, tmp_pat
     assert checked >= 16
 
 
+def test_oracle_strategy_labels_up_to_the_first_error_without_a_model(tiny_samples, tmp_path, capsys):
+    """No completer is loaded (the one named does not exist) and each label follows the oracle."""
+    m = _annotate(tiny_samples, tmp_path / "or", "strategy=oracle", f"completer={tmp_path / 'no-model'}")
+    assert m["completions_generated"] == 0
+    rows = read_jsonl(str(tmp_path / "or" / "stepwise.jsonl"))
+    assert len(rows) == 32 and any(r["first_error"] is not None for r in rows) and any(r["first_error"] is None for r in rows)
+    for r in rows:
+        k = len(r["completions"])
+        first = k if r["first_error"] is None else r["first_error"]
+        assert r["labels"] == [i < first for i in range(k - 1)] + [r["correct"]]
+        assert r["n_total"] == [0] * (k - 1) + [1]
+    with pytest.raises(SystemExit):  # a task without an oracle: one clear error, exit code 2
+        _annotate(tiny_samples, tmp_path / "gsm", "strategy=oracle", "task.name=gsm8k")
+    assert "strategy oracle needs a task with an oracle" in capsys.readouterr().err
+
+
 def test_resume_after_sigkill_equals_uninterrupted(tiny_samples, tmp_path):
     args = [f"input={tiny_samples}", *ARITH, "n_completions=4", "chunk_solutions=4"]
     _annotate(tiny_samples, tmp_path / "whole", "n_completions=4", "chunk_solutions=4")
