@@ -70,3 +70,25 @@ def test_experiment_loads_for_every_stage(experiment):
         assert OmegaConf.is_config(cfg) and cfg.output_dir == f"outputs/{experiment}/{stage}"
     arms = load_config(PipelineConfig, "pipeline", file).arms
     assert arms == [f"configs/experiments/{experiment}_ppo_{r}.yaml" for r in ("prm", "orm", "rule")]
+
+
+def test_big_prm_arm_swaps_the_verifier_and_keeps_the_policy():
+    """arith_copy_ppo_prm_big.yaml: its world, labels and PRM chain into each other, and the PPO arm it
+    runs is the PRM arm's (same policy, samples, reward placement) with only the reward model changed."""
+    from reward.annotate import AnnotateConfig
+    from reward.train import RewardTrainConfig
+    from rl.pipeline import PipelineConfig
+    from rl.ppo import PPOConfig
+
+    file, base = "configs/experiments/arith_copy_ppo_prm_big.yaml", "configs/experiments/arith_copy_ppo_prm.yaml"
+    world, small = load_config(WorldConfig, "world", file), load_config(WorldConfig, "world", base)
+    ann, prm = load_config(AnnotateConfig, "annotate", file), load_config(RewardTrainConfig, "train-prm", file)
+    ppo, ppo_base = load_config(PPOConfig, "ppo", file), load_config(PPOConfig, "ppo", base)
+    assert world.output_dir != small.output_dir and world.model.num_layers > small.model.num_layers
+    assert ann.completer == prm.init == f"{world.output_dir}/policy"
+    assert ann.input == load_config(AnnotateConfig, "annotate", base).input
+    assert prm.data == f"{ann.output_dir}/stepwise.jsonl" and ppo.reward.model == f"{prm.output_dir}/model"
+    assert ppo.policy == ppo_base.policy == f"{small.output_dir}/policy"
+    differs = {k for k in ppo.reward if ppo.reward[k] != ppo_base.reward[k]}
+    assert differs == {"model"} and ppo.ppo == ppo_base.ppo
+    assert load_config(PipelineConfig, "pipeline", file).arms == [file]
