@@ -6,9 +6,10 @@
 One update, top to bottom (CleanRL's order): sample rollouts from the actor; score them (reward
 placement in `rl.rewards`); log-probs of actor and reference, values of the critic; per-token rewards
 with the KL penalty; GAE; several epochs of clipped policy and value losses over minibatches. Every
-`eval_every` updates: greedy and sampled accuracy on a held-out split; every `checkpoint_every`:
-actor, critic, optimisers, schedulers and RNG, so `resume=true` finishes a killed run with the same
-number of updates. The PPO math is in `rl.losses`, the engines in `rl.engines`.
+`eval_every` updates: greedy and sampled accuracy on a held-out split (with `best_metric`, the best
+update's actor is kept and becomes the final policy); every `checkpoint_every`: actor, critic,
+optimisers, schedulers and RNG, so `resume=true` finishes a killed run with the same number of
+updates. The PPO math is in `rl.losses`, the engines in `rl.engines`.
 """
 from __future__ import annotations
 
@@ -85,6 +86,10 @@ class PPOConfig(StageConfig):
     final_eval_problems: int = 500
     final_eval_samples: int = 4
     checkpoint_every: int = 10
+    # "": the final policy is the last update's. accuracy_t1 | accuracy_greedy | accuracy_maj<eval_samples>:
+    # the update with the highest value of that eval_split metric (HF Trainer's load_best_model_at_end):
+    # its actor is checkpointed when it leads and restored before the final evaluation and the saved policy.
+    best_metric: str = ""
     resume: bool = False
 
 
@@ -224,7 +229,8 @@ def set_rng_state(s: dict[str, Any]) -> None:
 
 def save_checkpoint(root: str, update: int, actor: Any, critic: Any, state: dict[str, Any], rank: int) -> None:
     """Engines (weights, optimiser, ZeRO shards) and per-rank RNG, then `latest.json` last: a kill
-    mid-save leaves the previous checkpoint in charge."""
+    mid-save leaves the previous checkpoint in charge. Older checkpoints go only after that, and the
+    best update's actor (`state["best"]`) stays."""
     path = os.path.join(root, f"update_{update:05d}")
     actor.save_checkpoint(path, tag="actor", client_state=state, save_latest=False)
     critic.save_checkpoint(path, tag="critic", save_latest=False)
@@ -232,10 +238,20 @@ def save_checkpoint(root: str, update: int, actor: Any, critic: Any, state: dict
     torch.distributed.barrier()
     if rank == 0:
         write_json(os.path.join(root, "latest.json"), {"update": update, "path": path})
+        keep = {path, state.get("best", {}).get("path")}
         for old in os.listdir(root):
-            if old.startswith("update_") and os.path.join(root, old) != path:
+            if old.startswith(("update_", "best_")) and os.path.join(root, old) not in keep:
                 shutil.rmtree(os.path.join(root, old), ignore_errors=True)
     torch.distributed.barrier()
+
+
+def save_best(root: str, update: int, value: float, actor: Any) -> dict[str, Any]:
+    """The actor of a new best update (engine checkpoint: the same ZeRO-2/3 and LoRA handling as resume);
+    it becomes `state["best"]` and so survives a resume once the next checkpoint records it."""
+    path = os.path.join(root, f"best_{update:05d}")
+    actor.save_checkpoint(path, tag="actor", save_latest=False)
+    torch.distributed.barrier()
+    return {"update": update, "value": value, "path": path}
 
 
 def load_checkpoint(root: str, actor: Any, critic: Any, rank: int) -> dict[str, Any] | None:
@@ -264,6 +280,10 @@ def check(cfg: DictConfig, world: int, task: Task) -> None:
         raise ShepherdError(f"unknown schedule '{p.schedule}' (key ppo.schedule); use linear or cosine")
     if cfg.generation.backend not in ("hf", "vllm"):
         raise ShepherdError(f"unknown generation backend '{cfg.generation.backend}' (key generation.backend); use hf or vllm")
+    metrics = ("accuracy_t1", "accuracy_greedy", f"accuracy_maj{cfg.eval_samples}")
+    if cfg.best_metric and cfg.best_metric not in metrics:
+        raise ShepherdError(f"unknown best_metric '{cfg.best_metric}' (key best_metric); use one of {', '.join(metrics)} "
+                            "or leave it empty for the last update's policy")
     if cfg.lora.enabled and "zero3" in os.path.basename(cfg.deepspeed):
         raise ShepherdError("LoRA on the actor needs ZeRO-2 (key deepspeed): merging adapters under ZeRO-3 is not supported")
 
@@ -339,7 +359,7 @@ def run(cfg: DictConfig) -> dict:
     state: dict[str, Any] = {"update": 0}
     loaded = load_checkpoint(ckpt_root, actor, critic, rank) if cfg.resume else None
     if loaded is not None:
-        state = {k: v for k, v in loaded.items() if k in ("update", "sft", "wall")}
+        state = {k: v for k, v in loaded.items() if k in ("update", "sft", "wall", "best")}
         sync_rollout_weights(generator, actor, zero3)
         if rank == 0:  # drop log lines of updates after the checkpoint (they will run again)
             write_jsonl_atomic(log_path, [r for r in read_jsonl_resumable(log_path) if r["update"] <= state["update"]])
@@ -453,6 +473,9 @@ def run(cfg: DictConfig) -> dict:
             actor.eval()
             row.update({f"eval/{k}": v for k, v in evaluate(generator, task, eval_set, cfg.eval_samples,
                                                                 p.temperature, cfg.seed, rank, world).items()})
+            value = row.get(f"eval/{cfg.best_metric}")
+            if value is not None and value > state.get("best", {}).get("value", -1.0):
+                state["best"] = save_best(ckpt_root, update, value, actor)
         if rank == 0:
             append_jsonl(log_path, [row])
             for k, v in row.items():
@@ -465,13 +488,19 @@ def run(cfg: DictConfig) -> dict:
             state.update(update=update, wall=wall_before + time.time() - started)
             save_checkpoint(ckpt_root, update, actor, critic, state, rank)
     bar.close()
+    best = state.get("best")
+    if best is not None and best["update"] != p.updates:
+        actor.load_checkpoint(best["path"], tag="actor")
+        sync_rollout_weights(generator, actor, zero3)
     actor.eval()
     final = evaluate(generator, task, final_set, cfg.final_eval_samples, p.temperature, cfg.seed, rank, world)
     engines.save_hf(actor, tokenizer, os.path.join(cfg.output_dir, "policy"))
+    chosen = best["update"] if best is not None else p.updates
     log = read_jsonl_resumable(log_path) if rank == 0 else []
-    last = log[-1] if log else {}
+    last = next((r for r in log if r["update"] == chosen), {})  # the policy's own update
     return {**final, **{f"sft_{k}": v for k, v in state["sft"].items() if k != "problems"},
-            "final_split": cfg.final_split, "updates": p.updates, "world_size": world, "reward_type": rc.type,
+            "final_split": cfg.final_split, "updates": p.updates,
+            "policy_update": chosen, "world_size": world, "reward_type": rc.type,
             "rollouts": p.updates * p.prompts_per_update * p.samples_per_prompt,
             "final_task_return": last.get("reward/task_return"), "final_kl": last.get("kl/per_response"),
             "final_steps_per_response": last.get("response/steps"),

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from transformers import AutoModelForCausalLM
 
 from reward.config import load_config
@@ -98,6 +99,29 @@ def test_resume_after_a_kill_finishes_the_same_run(tiny_world, tmp_path):
     assert json.loads((killed / "metrics.json").read_text())["updates"] == 5
 
 
+def test_best_metric_keeps_the_best_updates_policy(tiny_world, tmp_path):
+    """With best_metric, the final policy is the update with the highest validation accuracy: the final
+    evaluation on the same problems and seeds reproduces that update's numbers, and the saved policy
+    holds the weights of that update's kept checkpoint."""
+    out = tmp_path / "ppo"
+    finish(launch(tiny_world, out, 1, "ppo.updates=4", "eval_every=1", "checkpoint_every=4", "ppo.lr=3e-3",
+                  "best_metric=accuracy_t1", "final_split=val"))
+    rows, metrics = log_rows(out), json.loads((out / "metrics.json").read_text())
+    values = [r["eval/accuracy_t1"] for r in rows]
+    chosen = rows[values.index(max(values))]
+    assert metrics["policy_update"] == chosen["update"], values
+    assert chosen["update"] < 4, values  # lr 3e-3 wrecks the policy after update 1: the restore path runs
+    assert metrics["accuracy_t1"] == chosen["eval/accuracy_t1"]
+    assert metrics["accuracy_greedy"] == chosen["eval/accuracy_greedy"]
+    assert metrics["final_kl"] == chosen["kl/per_response"]
+    kept = sorted(p.name for p in (out / "checkpoints").iterdir() if p.name.startswith("best_"))
+    assert kept == [f"best_{chosen['update']:05d}"]  # earlier leaders were removed at the checkpoint
+    saved = torch.load(out / "checkpoints" / kept[0] / "actor" / "mp_rank_00_model_states.pt", weights_only=False)
+    policy = AutoModelForCausalLM.from_pretrained(out / "policy")
+    for name, weight in policy.state_dict().items():
+        assert torch.equal(weight, saved["module"][name].to(weight.dtype)), name
+
+
 def test_prm_reward_lora_actor_one_process(tiny_world, tmp_path):
     """The PRM arm on one process with LoRA on the actor (reference = adapters off), the world's policy
     standing in as a reward model (its vocabulary has the tag and label tokens)."""
@@ -145,5 +169,8 @@ def test_bad_ppo_config_is_one_clear_error(tmp_path):
     with pytest.raises(ShepherdError, match="critic_init=reward"):
         check(load_config(PPOConfig, "ppo", str(EXPERIMENTS / "arith_copy_ppo_prm_oracle.yaml"), ["critic_init=reward"]),
               1, load_task("arith"))
+    with pytest.raises(ShepherdError, match="key best_metric"):
+        check(load_config(PPOConfig, "ppo", None, ["policy=x", "reward.type=rule", "best_metric=reward"]), 1,
+              load_task("arith"))
     with pytest.raises(ShepherdError, match="unknown config key 'ppo.learning_rate'"):
         load_config(PPOConfig, "ppo", None, ["ppo.learning_rate=1"])
