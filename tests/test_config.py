@@ -74,7 +74,8 @@ def test_experiment_loads_for_every_stage(experiment):
 
 def test_big_prm_arm_swaps_the_verifier_and_keeps_the_policy():
     """arith_copy_ppo_prm_big.yaml: its world, labels and PRM chain into each other, and the PPO arm it
-    runs is the PRM arm's (same policy, samples, reward placement) with only the reward model changed."""
+    runs is the PRM arm's (same policy, samples, reward placement) with the reward model and its KL
+    coefficient changed, reported beside the rule arm."""
     from reward.annotate import AnnotateConfig
     from reward.train import RewardTrainConfig
     from rl.pipeline import PipelineConfig
@@ -90,5 +91,5 @@ def test_big_prm_arm_swaps_the_verifier_and_keeps_the_policy():
     assert prm.data == f"{ann.output_dir}/stepwise.jsonl" and ppo.reward.model == f"{prm.output_dir}/model"
     assert ppo.policy == ppo_base.policy == f"{small.output_dir}/policy"
     differs = {k for k in ppo.reward if ppo.reward[k] != ppo_base.reward[k]}
-    assert differs == {"model"} and ppo.ppo == ppo_base.ppo
-    assert load_config(PipelineConfig, "pipeline", file).arms == [file]
+    assert differs == {"model", "kl_coef"} and ppo.reward.kl_coef > ppo_base.reward.kl_coef and ppo.ppo == ppo_base.ppo
+    assert load_config(PipelineConfig, "pipeline", file).arms == ["configs/experiments/arith_copy_ppo_rule.yaml", file]
