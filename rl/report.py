@@ -10,6 +10,7 @@ verification table, the label audit, the first-error F1 and each stage's wall ti
 """
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -94,10 +95,11 @@ BASELINES = ("ppo-orm", "ppo-rule")  # the paper's baseline, then the oracle out
 
 
 def comparisons(arms: list[str]) -> list[tuple[str, str]]:
-    """Every other arm against each baseline present, then the baselines against each other."""
-    present = [b for b in BASELINES if b in arms]
-    pairs = [(a, b) for a in sorted(set(arms) - set(BASELINES)) for b in present]
-    return pairs + ([BASELINES] if len(present) == 2 else [])
+    """Every other arm against each baseline arm present (the names above, or one of them plus a
+    suffix such as ppo-orm-big), then the baseline arms against each other."""
+    present = [a for b in BASELINES for a in sorted(arms) if a == b or a.startswith(b + "-")]
+    pairs = [(a, b) for a in sorted(set(arms) - set(present)) for b in present]
+    return pairs + list(itertools.combinations(present, 2))
 
 
 def difference(arms: dict[str, list[str]], a: str, b: str, key: str = "accuracy_t1") -> str:

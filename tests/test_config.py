@@ -75,11 +75,12 @@ def test_experiment_loads_for_every_stage(experiment):
 def test_big_prm_arm_swaps_the_verifier_and_keeps_the_policy():
     """arith_copy_ppo_prm_big.yaml: its world, labels and PRM chain into each other, and the PPO arm it
     runs is the PRM arm's (same policy, samples, reward placement) with the reward model and its KL
-    coefficient changed, reported beside the rule arm."""
+    coefficient changed, reported beside the rule arm and an ORM arm of the same size."""
     from reward.annotate import AnnotateConfig
     from reward.train import RewardTrainConfig
+    from reward.tasks import load_task
     from rl.pipeline import PipelineConfig
-    from rl.ppo import PPOConfig
+    from rl.ppo import PPOConfig, check
 
     file, base = "configs/experiments/arith_copy_ppo_prm_big.yaml", "configs/experiments/arith_copy_ppo_prm.yaml"
     world, small = load_config(WorldConfig, "world", file), load_config(WorldConfig, "world", base)
@@ -92,4 +93,12 @@ def test_big_prm_arm_swaps_the_verifier_and_keeps_the_policy():
     assert ppo.policy == ppo_base.policy == f"{small.output_dir}/policy"
     differs = {k for k in ppo.reward if ppo.reward[k] != ppo_base.reward[k]}
     assert differs == {"model", "kl_coef"} and ppo.reward.kl_coef > ppo_base.reward.kl_coef and ppo.ppo == ppo_base.ppo
-    assert load_config(PipelineConfig, "pipeline", file).arms == ["configs/experiments/arith_copy_ppo_rule.yaml", file]
+    orm_file = "configs/experiments/arith_copy_ppo_orm_big.yaml"
+    arms = ["configs/experiments/arith_copy_ppo_rule.yaml", file, orm_file]
+    assert load_config(PipelineConfig, "pipeline", file).arms == load_config(PipelineConfig, "pipeline", orm_file).arms == arms
+    # the equal-size ORM arm: an ORM from world-big on the same samples, every PPO knob as in the PRM arm
+    orm, orm_arm = load_config(RewardTrainConfig, "train-orm", file), load_config(PPOConfig, "ppo", orm_file)
+    assert orm.kind == "orm" and orm.init == prm.init and orm.data == prm.data
+    assert orm_arm.reward.type == "orm" and orm_arm.reward.model == f"{orm.output_dir}/model"
+    assert orm_arm.ppo == ppo.ppo and orm_arm.policy == ppo.policy and orm_arm.output_dir != ppo.output_dir
+    check(orm_arm, 1, load_task(orm_arm.task))

@@ -96,6 +96,8 @@ def test_report_compares_every_arm_with_the_orm_and_rule_baselines():
         ("ppo-prm", "ppo-orm"), ("ppo-prm", "ppo-rule"), ("ppo-orm", "ppo-rule")]
     assert comparisons(["ppo-prm-rule", "ppo-prm", "ppo-rule"]) == [("ppo-prm", "ppo-rule"), ("ppo-prm-rule", "ppo-rule")]
     assert comparisons(["ppo-prm", "ppo-prm-r2"]) == []
+    assert comparisons(["ppo-rule", "ppo-prm-big", "ppo-orm-big"]) == [  # baselines of another size, by suffix
+        ("ppo-prm-big", "ppo-orm-big"), ("ppo-prm-big", "ppo-rule"), ("ppo-orm-big", "ppo-rule")]
 
 
 def test_the_papers_recipe_loads_for_every_stage():
