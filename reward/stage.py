@@ -90,6 +90,17 @@ def flags_to_overrides(argv: list[str]) -> list[str]:
     return out
 
 
+def leave_process_group() -> None:
+    """All ranks meet, then tear the process group down before the interpreter exits: left to exit
+    handlers, a gloo rank once aborted after its work was done ("terminate called without an active
+    exception", exit -6), failing a finished 2-rank ZeRO-3 run."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def stage_main(stage: str, schema: type, run: Callable[[DictConfig], dict[str, Any]], doc: str,
                argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Entry point of `shepherd STAGE` and `python -m MODULE`; exits 2 with one line on bad input."""
@@ -105,6 +116,7 @@ def stage_main(stage: str, schema: type, run: Callable[[DictConfig], dict[str, A
             save_metrics(cfg, metrics)
             print(f"[{stage}] wrote {cfg.output_dir}")
             print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}, indent=1))
+        leave_process_group()
         return metrics
     except ShepherdError as e:
         print(f"shepherd {stage}: error: {e}", file=sys.stderr)

@@ -84,27 +84,31 @@ def test_two_rank_ppo_raises_the_reward_and_saves_a_policy(ds, tiny_world, tmp_p
 
 
 def test_resume_after_a_kill_finishes_the_same_run(tiny_world, tmp_path):
-    """Killed after its second checkpoint, resumed: same number of updates, and the same numbers as a
-    run never interrupted (data order, sampling seeds, optimiser and RNG all come back)."""
+    """Killed after its fourth checkpoint, resumed: same number of updates, and the same numbers as a
+    run never interrupted (data order, sampling seeds, optimiser and RNG all come back), the best
+    update kept by `best_metric` before the kill included."""
     whole, killed = tmp_path / "whole", tmp_path / "killed"
-    finish(launch(tiny_world, whole, 1, "ppo.updates=5", "checkpoint_every=1"))
-    proc = launch(tiny_world, killed, 1, "ppo.updates=5", "checkpoint_every=1")
+    opts = ("ppo.updates=5", "checkpoint_every=1", "best_metric=accuracy_t1")  # evaluations at updates 3 and 5
+    finish(launch(tiny_world, whole, 1, *opts))
+    proc = launch(tiny_world, killed, 1, *opts)
     latest = killed / "checkpoints" / "latest.json"
     deadline = time.time() + 600
     while time.time() < deadline and proc.poll() is None:
-        if latest.exists() and json.loads(latest.read_text())["update"] >= 2:
+        if latest.exists() and json.loads(latest.read_text())["update"] >= 4:
             os.killpg(proc.pid, signal.SIGKILL)
             break
         time.sleep(0.2)
     proc.wait()
     assert proc.returncode != 0, "the run finished before it could be killed"
     assert not (killed / "metrics.json").exists()
-    finish(launch(tiny_world, killed, 1, "ppo.updates=5", "checkpoint_every=1", "resume=true"))
+    finish(launch(tiny_world, killed, 1, *opts, "resume=true"))
     a, b = log_rows(whole), log_rows(killed)
     assert [r["update"] for r in b] == [1, 2, 3, 4, 5]
     for key in ("reward/task_return", "kl/per_response", "loss/value_loss", "response/length"):
         assert [r[key] for r in a] == pytest.approx([r[key] for r in b], rel=1e-3, abs=1e-4), key
-    assert json.loads((killed / "metrics.json").read_text())["updates"] == 5
+    ma, mb = (json.loads((out / "metrics.json").read_text()) for out in (whole, killed))
+    assert mb["updates"] == 5 and mb["policy_update"] == ma["policy_update"]
+    assert mb["accuracy_t1"] == pytest.approx(ma["accuracy_t1"], abs=1e-4)
 
 
 def test_best_metric_keeps_the_best_updates_policy(tiny_world, tmp_path):
