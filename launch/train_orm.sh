@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Train the ORM of an experiment with the deepspeed launcher (ZeRO-2 unless DS_CONFIG says otherwise).
+# Train the ORM of an experiment with the deepspeed launcher; the ZeRO stage is the experiment's
+# `train.deepspeed` key (DS_CONFIG, when set, overrides it).
 #
 #   launch/train_orm.sh EXPERIMENT.yaml [key=value ...]
 #   NUM_GPUS=4 DS_CONFIG=configs/deepspeed/zero3.json launch/train_orm.sh EXPERIMENT.yaml
@@ -8,4 +9,4 @@ set -euo pipefail
 config=${1:?usage: launch/train_orm.sh EXPERIMENT.yaml [key=value ...]}
 shift
 source "$(dirname "$0")/deepspeed_run.sh"
-deepspeed_run reward.train --config "$config" kind=orm "train.deepspeed=${DS_CONFIG:-configs/deepspeed/zero2.json}" "$@"
+deepspeed_run reward.train --config "$config" kind=orm ${DS_CONFIG:+"train.deepspeed=$DS_CONFIG"} "$@"

@@ -26,8 +26,9 @@ from tqdm import tqdm
 from reward.config import GenerationConfig, StageConfig
 from reward.errors import ShepherdError
 from reward.generation import Generator, load_generator
-from reward.io import append_jsonl, keep_whole_chunks, read_jsonl, read_jsonl_resumable, write_jsonl_atomic
+from reward.io import read_jsonl, write_jsonl_atomic
 from reward.labels import hard_estimate, soft_estimate, to_math_shepherd
+from reward.shards import ChunkedJsonl
 from reward.stage import stage_main
 from reward.tasks import STEP_TAG, Problem, Task, load_task
 
@@ -257,26 +258,29 @@ def run(cfg: DictConfig) -> dict:
     os.makedirs(cfg.output_dir, exist_ok=True)
     path = os.path.join(cfg.output_dir, "stepwise.jsonl")
     chunks = [sols[i: i + cfg.chunk_solutions] for i in range(0, len(sols), cfg.chunk_solutions)]
-    first_todo = keep_whole_chunks(path, [[s.id for s in ch] for ch in chunks])
+    out = ChunkedJsonl(path, [[s.id for s in ch] for ch in chunks])
     oracle = cfg.strategy == "oracle"
     if oracle and not task.has_oracle:
         raise ShepherdError(f"strategy oracle needs a task with an oracle (arith), not '{task.name}' (key strategy)")
 
     start = time.time()
+    todo = out.todo()
+    audit = cfg.audit and out.rank == 0  # the audit runs once, on rank 0
     completer = None
-    if (first_todo < len(chunks) and not oracle) or cfg.audit:
+    if (todo and not oracle) or audit:
         completer = Completer(load_generator(completer_path(cfg), cfg.generation, key="completer"), task,
                               cfg.temperature, cfg.share_prefixes)
-    for ci in tqdm(range(first_todo, len(chunks)), desc="annotate", initial=first_todo, total=len(chunks)):
+    for ci in tqdm(todo, desc="annotate", disable=out.rank != 0):
         counts = label_oracle(task, chunks[ci]) if oracle else \
             run_strategy(cfg.strategy, completer, chunks[ci], cfg.n_completions, cfg.seed * 1000003 + ci, cfg)
-        append_jsonl(path, [stepwise_record(s, c, task, cfg.strategy) for s, c in zip(chunks[ci], counts)])
+        out.append([stepwise_record(s, c, task, cfg.strategy) for s, c in zip(chunks[ci], counts)])
+    records = out.finish()
+    generated = out.sum(completer.generated if completer else 0)
     seconds = time.time() - start
 
-    records = read_jsonl_resumable(path)
-    write_jsonl_atomic(os.path.join(cfg.output_dir, "math_shepherd.jsonl"),
-                       [to_math_shepherd(r, cfg.label_type, cfg.se_threshold) for r in records])
-    generated = completer.generated if completer else 0
+    if out.rank == 0:
+        write_jsonl_atomic(os.path.join(cfg.output_dir, "math_shepherd.jsonl"),
+                           [to_math_shepherd(r, cfg.label_type, cfg.se_threshold) for r in records])
     metrics = {
         "problems": len({r["problem_id"] for r in records}), "solutions": len(records),
         "steps": sum(len(r["labels"]) for r in records), "completions_generated": generated,
@@ -286,7 +290,7 @@ def run(cfg: DictConfig) -> dict:
     }
     if cfg.strategy == "early_stop":
         metrics["early_stop_assumption_wrong"] = early_stop_contradictions(records)
-    if cfg.audit:
+    if audit:
         from reward.audit import run_audit
 
         metrics.update(run_audit(cfg, task, sols, completer))

@@ -20,7 +20,7 @@ from reward.errors import ShepherdError
 # Names of every stage (strings only, so that `reward` never imports `rl`); a top-level mapping in an
 # experiment file must be one of these sections.
 STAGES = (
-    "world", "sft", "sample", "eval", "annotate", "train-prm", "train-orm", "score", "verify",
+    "import-gguf", "world", "sft", "sample", "eval", "annotate", "train-prm", "train-orm", "score", "verify",
     "eval-prm", "ppo", "prm-round", "report", "pipeline",
 )
 SHARED_KEYS = ("experiment", "seed", "task")
@@ -51,6 +51,13 @@ class TaskConfig:
     wrong_rule_share: float = 0.3
     carry_rest: bool = False  # each step restates the operations still to do (`7 + 8 = 5 ; 5 * 3 - 9`)
     chat_template: bool = False  # real instruct models: wrap the prompt in the tokenizer's chat template
+    # Non-chat SFT policies: the prompt they were trained on, with `{question}` where the question goes
+    # (e.g. MetaMath's Alpaca prompt); empty: the question and a line break. With chat_template, it is
+    # the user message instead of the task's own instruction.
+    prompt_template: str = ""
+    # gsm8k: keep only problems whose reference solution has at most this many steps (0: all). A small
+    # model solves almost none of the rest, and Monte-Carlo labels are then all 0.
+    max_gold_steps: int = 0
 
 
 @dataclass
@@ -72,6 +79,9 @@ class GenerationConfig:
     dtype: str = "auto"  # auto: bf16 on a GPU that supports it, fp32 on CPU
     device: str = "auto"
     vllm_gpu_memory_utilization: float = 0.5
+    # Tokens (prompt + completion) one vLLM sequence may hold; 0: max_new_tokens + 1024, capped at the
+    # model's max_position_embeddings. The engine reserves KV cache for this length: keep it tight.
+    vllm_max_model_len: int = 0
 
 
 def _closest(key: str, valid: list[str]) -> str:

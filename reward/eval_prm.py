@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 
 from reward.config import StageConfig
 from reward.errors import ShepherdError
+from reward.formats import TAGGED, check_format
 from reward.generation import load_causal_lm, load_tokenizer
 from reward.io import read_jsonl, write_atomic
 from reward.prm import score_steps
@@ -36,6 +37,7 @@ THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95
 @dataclass
 class EvalPrmConfig(StageConfig):
     model: str = ""  # a PRM folder (train-prm output `model/`)
+    format: str = TAGGED  # the PRM's text format: tagged (ours) | math-shepherd (the released PRM)
     source: str = "arith"  # arith | processbench
     input: str = ""  # arith: stepwise.jsonl from `shepherd annotate` (oracle first_error)
     path: str = ""  # processbench: one of its json files (gsm8k.json, math.json, ...)
@@ -165,6 +167,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         raise ShepherdError(f"unknown source '{cfg.source}' (key source); use one of {', '.join(SOURCES)}")
     if not 0 < cfg.val_share < 1:
         raise ShepherdError(f"val_share must be in (0, 1), got {cfg.val_share} (key val_share)")
+    check_format(cfg.format, "format")
     if cfg.source == "arith":
         if not cfg.input:
             raise ShepherdError("no input given (key input): a stepwise.jsonl from `shepherd annotate`")
@@ -184,7 +187,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     tokenizer = load_tokenizer(cfg.model, "model")
     model = load_causal_lm(cfg.model, "model", cfg.dtype, cfg.device)
-    scores = score_steps(model, tokenizer, [(c.question, c.steps) for c in val + test], cfg.batch_size)
+    scores = score_steps(model, tokenizer, [(c.question, c.steps) for c in val + test], cfg.batch_size,
+                         fmt=cfg.format)
     threshold, val_m = choose_threshold(scores[: len(val)], [c.label for c in val])
     test_m = first_error_metrics([predict_first_error(s, threshold) for s in scores[len(val):]], [c.label for c in test])
     write_report(cfg.output_dir, cfg, threshold, {"validation": val_m, "test": test_m})

@@ -6,9 +6,10 @@ batch so that a run is reproducible.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 from tqdm import tqdm
@@ -72,9 +73,13 @@ def load_causal_lm(path: str, key: str = "policy", dtype: str = "auto", device: 
     """Any local causal LM folder (HF_HUB_OFFLINE works), in eval mode on the chosen device."""
     from transformers import AutoModelForCausalLM
 
+    from transformers.integrations import is_deepspeed_zero3_enabled
+
     folder, extra = _model_location(path, key)
     dev = resolve_device(device)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=resolve_dtype(dtype, dev), **extra)
+    if is_deepspeed_zero3_enabled():  # loaded as this rank's shards (zero.Init): DeepSpeed places them
+        return model.eval()
     return model.to(dev).eval()
 
 
@@ -156,6 +161,50 @@ class HFGenerator(Generator):
                 text, stopped = _cut_at_stop(self.tokenizer.decode(row, skip_special_tokens=True), stop)
                 out.append(Sample(text=text, token_ids=row, finished=finished or stopped))
         return [out[i * n: (i + 1) * n] for i in range(len(prompts))]
+
+
+VLLM_PROMPT_ROOM = 1024  # vLLM: prompt tokens allowed beside max_new_tokens when generation.vllm_max_model_len is 0
+
+
+def engine_max_model_len(gen_cfg: Any, model_cfg: dict[str, Any]) -> int:
+    """vLLM: `generation.vllm_max_model_len`, or max_new_tokens + VLLM_PROMPT_ROOM capped at the model's
+    max_position_embeddings: the engine reserves KV cache for this many tokens per sequence."""
+    limit = model_cfg.get("max_position_embeddings")
+    limit = limit if isinstance(limit, int) and limit > 0 else None
+    if gen_cfg.vllm_max_model_len > 0:
+        if limit is not None and gen_cfg.vllm_max_model_len > limit:
+            raise ShepherdError(f"generation.vllm_max_model_len {gen_cfg.vllm_max_model_len} exceeds the model's "
+                                f"max_position_embeddings {limit}")
+        return int(gen_cfg.vllm_max_model_len)
+    wanted = int(gen_cfg.max_new_tokens) + VLLM_PROMPT_ROOM
+    return wanted if limit is None else min(wanted, limit)
+
+
+@contextlib.contextmanager
+def this_ranks_gpu(on_gpu: bool) -> Iterator[None]:
+    """vLLM: while the engine starts, show it only this rank's GPU (LOCAL_RANK) when a launcher started
+    several ranks, each seeing every GPU: vLLM takes the first visible one, and its engine-core process
+    inherits the environment. The in-process engine (VLLM_ENABLE_V1_MULTIPROCESSING=0) would use the
+    first GPU the parent sees, so it is refused there."""
+    if not on_gpu or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        yield
+        return
+    if os.environ.get("VLLM_ENABLE_V1_MULTIPROCESSING") == "0":
+        raise ShepherdError("vLLM on several ranks needs its engine in its own process: unset "
+                            "VLLM_ENABLE_V1_MULTIPROCESSING (it is 0)")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    before = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = before.split(",") if before else [str(i) for i in range(torch.cuda.device_count())]
+    if local >= len(visible):
+        raise ShepherdError(f"LOCAL_RANK {local} but only {len(visible)} GPUs visible (CUDA_VISIBLE_DEVICES={before})")
+    os.environ["CUDA_VISIBLE_DEVICES"] = visible[local]
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ["CUDA_VISIBLE_DEVICES"]
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = before
 
 
 def load_generator(model_path: str, gen_cfg: Any, key: str = "policy") -> Generator:

@@ -13,6 +13,8 @@ Imported only when `generation.backend=vllm` (this module imports vllm at the to
   `if __name__ == "__main__":` guard.
 - `sync_weights(model)` / `load_weights(items)` push new policy weights into the running engine (for
   PPO) through `collective_rpc` and a worker extension, then reset the prefix cache.
+- Under the `deepspeed` launcher every rank sees every GPU and vLLM would put each rank's engine on the
+  first one: the engine is started with CUDA_VISIBLE_DEVICES narrowed to this rank's GPU (LOCAL_RANK).
 """
 from __future__ import annotations
 
@@ -23,7 +25,8 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from reward.errors import ShepherdError
-from reward.generation import Generator, Sample, _cut_at_stop, resolve_device, resolve_dtype
+from reward.generation import (Generator, Sample, _cut_at_stop, engine_max_model_len, resolve_device, resolve_dtype,
+                               this_ranks_gpu)
 
 try:
     from vllm import LLM, SamplingParams
@@ -33,7 +36,6 @@ except ImportError as e:  # pragma: no cover - load_generator checks first
         f"or `bash .ci/vllm.sh` for the CPU build (its own venv) ({e})") from None
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
-PROMPT_ROOM = 1024  # tokens of prompt allowed beside max_new_tokens when max_model_len is not given
 
 
 class WeightSyncExtension:
@@ -88,8 +90,7 @@ def _check_cpu_head_dim(cfg: dict[str, Any], model_path: str) -> None:
 class VLLMGenerator(Generator):
     sync_chunk_bytes = 512 * 2 ** 20  # weights travel to the engine in safetensors chunks of this size
 
-    def __init__(self, model_path: str, gen_cfg: Any, seed: int = 0, max_model_len: int | None = None,
-                 **llm_kwargs: Any) -> None:
+    def __init__(self, model_path: str, gen_cfg: Any, seed: int = 0, **llm_kwargs: Any) -> None:
         self.max_new_tokens = int(gen_cfg.max_new_tokens)
         self.top_p = float(gen_cfg.top_p)
         device = resolve_device(getattr(gen_cfg, "device", "auto"))
@@ -103,13 +104,7 @@ class VLLMGenerator(Generator):
         model_cfg = _read_config(tokenizer)
         if not on_gpu:
             _check_cpu_head_dim(model_cfg, model_path)
-        limit = model_cfg.get("max_position_embeddings")
-        limit = int(limit) if isinstance(limit, int) and limit > 0 else None
-        if max_model_len is None:
-            max_model_len = getattr(gen_cfg, "vllm_max_model_len", None) or self.max_new_tokens + PROMPT_ROOM
-            if limit is not None:
-                max_model_len = min(max_model_len, limit)
-        self.max_model_len = int(max_model_len)
+        self.max_model_len = engine_max_model_len(gen_cfg, model_cfg)
 
         kwargs: dict[str, Any] = dict(
             model=model, tokenizer=tokenizer, dtype=dtype, seed=seed, max_model_len=self.max_model_len,
@@ -120,7 +115,10 @@ class VLLMGenerator(Generator):
             kwargs["gpu_memory_utilization"] = float(gen_cfg.vllm_gpu_memory_utilization)
         kwargs.update(llm_kwargs)
         try:
-            self.llm = LLM(**kwargs)
+            with this_ranks_gpu(on_gpu):
+                self.llm = LLM(**kwargs)
+        except ShepherdError:
+            raise
         except Exception as e:
             raise ShepherdError(f"vLLM could not load the model at {model_path}: {type(e).__name__}: {e}") from e
         self.tokenizer = self.llm.get_tokenizer()
@@ -141,7 +139,7 @@ class VLLMGenerator(Generator):
             if len(row) > room:
                 raise ShepherdError(
                     f"prompt {i} has {len(row)} tokens; the vLLM engine holds {self.max_model_len} "
-                    "(prompt + completion): shorten it or raise max_model_len")
+                    "(prompt + completion): shorten it or raise generation.vllm_max_model_len")
         return ids
 
     def generate(self, prompts: Sequence[str], n: int = 1, temperature: float = 1.0, seed: int = 0,

@@ -55,21 +55,6 @@ def read_jsonl_resumable(path: str) -> list[dict]:
     return records
 
 
-def keep_whole_chunks(path: str, chunks: list[list[str]], per_id: int = 1, key: str = "id") -> int:
-    """Resume an append-only file written chunk by chunk: keep the leading chunks that are complete
-    (every id present `per_id` times), drop the rest and a torn tail, and return the first chunk to do."""
-    done = read_jsonl_resumable(path)
-    counts: dict[str, int] = {}
-    for r in done:
-        counts[r[key]] = counts.get(r[key], 0) + 1
-    first_todo = next((c for c, ids in enumerate(chunks) if any(counts.get(i, 0) != per_id for i in ids)), len(chunks))
-    keep = {i for ids in chunks[:first_todo] for i in ids}
-    kept = [r for r in done if r[key] in keep]
-    if len(kept) != len(done):
-        write_jsonl_atomic(path, kept)
-    return first_todo
-
-
 def append_jsonl(path: str, records: Iterable[dict]) -> None:
     """Append records and flush them to disk (a killed run loses at most a torn last line)."""
     with open(path, "a", encoding="utf-8") as f:

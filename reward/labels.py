@@ -8,7 +8,8 @@ from __future__ import annotations
 from typing import Any
 
 from reward.errors import ShepherdError
-from reward.tasks import BAD_TOKEN, GOOD_TOKEN, STEP_TAG, tag_steps
+from reward.formats import STEP_PREFIX, TAG_TEXT, segments
+from reward.tasks import BAD_TOKEN, GOOD_TOKEN
 
 
 def hard_estimate(n_correct: int) -> int:
@@ -38,19 +39,55 @@ def to_math_shepherd(record: dict[str, Any], label_type: str = "he", threshold: 
     labels = step_labels(record, label_type, threshold)
     if len(labels) != len(steps):
         raise ShepherdError(f"record {record.get('id')}: {len(labels)} labels for {len(steps)} steps")
-    text = tag_steps(record["prompt"], steps)
-    label = record["prompt"] + "\n" + "".join(f"{s} {GOOD_TOKEN if ok else BAD_TOKEN}\n" for s, ok in zip(steps, labels))
-    return {"input": text, "label": label, "task": record.get("task", "")}
+    segs = segments(record["prompt"], steps)
+    label = segs[0] + "".join(f" {GOOD_TOKEN if ok else BAD_TOKEN}{seg}" for ok, seg in zip(labels, segs[1:]))
+    return {"input": TAG_TEXT.join(segs), "label": label, "task": record.get("task", "")}
 
 
-def from_math_shepherd(record: dict[str, Any]) -> dict[str, Any]:
-    """Read a Math-Shepherd row back: the label text is the input with each tag replaced by +/-."""
-    tag = f" {STEP_TAG}"
-    lines, marks = record["input"].split("\n"), record["label"].split("\n")
-    tagged = [i for i, line in enumerate(lines) if line.endswith(tag)]
-    if not tagged:
-        raise ShepherdError(f"Math-Shepherd row without a step tag '{STEP_TAG}': {record['input'][:60]!r}")
-    if len(marks) != len(lines) or any(marks[i][-1:] not in (GOOD_TOKEN, BAD_TOKEN) for i in tagged):
-        raise ShepherdError(f"Math-Shepherd row: label does not match the tagged steps: {record['input'][:60]!r}")
-    return {"prompt": "\n".join(lines[: tagged[0]]), "completions": [lines[i][: -len(tag)] for i in tagged],
-            "labels": [marks[i][-1] == GOOD_TOKEN for i in tagged]}
+def row_name(record: dict[str, Any], where: str) -> str:
+    """How an error names a Math-Shepherd row: `where` (file:line) when the caller knows it, else the
+    start of its input."""
+    return where or f"Math-Shepherd row {str(record.get('input'))[:50]!r}"
+
+
+def split_math_shepherd(record: dict[str, Any], where: str = "") -> tuple[list[str], list[bool]]:
+    """A Math-Shepherd row as its text stands: `input` cut at its step tags ' ки', wherever they are (the
+    released data puts the question and step 1 on one line), and the label at each tag's place in
+    `label`, which must be `input` with every ' ки' replaced by ' +' or ' -'."""
+    text, label = record.get("input"), record.get("label")
+    where = row_name(record, where)
+    if not isinstance(text, str) or not isinstance(label, str):
+        raise ShepherdError(f"{where}: a Math-Shepherd row needs 'input' and 'label' texts")
+    segs = text.split(TAG_TEXT)
+    if len(segs) < 2:
+        raise ShepherdError(f"{where}: no step tag '{TAG_TEXT}' in 'input'")
+    marks, at = [], 0
+    for k, seg in enumerate(segs[:-1], 1):
+        end = at + len(seg)
+        mark = label[end: end + 2]
+        if label[at: end] != seg or mark not in (f" {GOOD_TOKEN}", f" {BAD_TOKEN}"):
+            raise ShepherdError(f"{where}: 'label' does not match 'input' up to step tag {k} (character {end} of "
+                                f"'label'): it must be the input with each '{TAG_TEXT}' replaced by ' +' or ' -'")
+        marks.append(mark == f" {GOOD_TOKEN}")
+        at = end + len(mark)
+    if label[at:].rstrip() != segs[-1].rstrip():
+        raise ShepherdError(f"{where}: 'label' does not match 'input' after the last step tag")
+    return segs, marks
+
+
+def from_math_shepherd(record: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """A Math-Shepherd row as a stepwise record: one step per tag (`split_math_shepherd`), steps as they
+    stand. The question ends where step 1 begins: at its 'Step 1:' (the released layout), else at the
+    last line break before the first tag (ours)."""
+    segs, labels = split_math_shepherd(record, where)
+    where = row_name(record, where)
+    at = segs[0].rfind(STEP_PREFIX.format(k=1).rstrip())
+    if at < 0:
+        at = segs[0].rfind("\n") + 1
+        if at == 0:
+            raise ShepherdError(f"{where}: cannot tell the question from step 1 in {segs[0][:60]!r}: put the "
+                                "question on lines of its own or start step 1 with 'Step 1:'")
+    steps = [segs[0][at:].strip()] + [seg.strip() for seg in segs[1:-1]]
+    if "" in steps:
+        raise ShepherdError(f"{where}: step {steps.index('') + 1} is empty")
+    return {"prompt": segs[0][:at].rstrip(), "completions": steps, "labels": labels}

@@ -3,7 +3,8 @@
 Every step of the input ends with the tag ' ки'; at each tag the LM head's logits restricted to the
 tokens '+' and '-' give P(step correct) = softmax(l+, l-)[+] = sigmoid(l+ - l-). The PRM is trained
 with binary cross-entropy at every tag (hard HE or soft SE targets), the ORM with one label at the
-last tag; one forward pass scores all steps of a solution.
+last tag; one forward pass scores all steps of a solution. Where the tags go in the text is the
+reward model's format (reward/formats.py): ours, or the released PRM's.
 
 Written here rather than taken from TRL: TRL's PRMTrainer uses a token-classification head and
 truncates soft labels to ints; the Math-Shepherd convention keeps the LM head.
@@ -16,9 +17,8 @@ import torch
 
 from reward.batching import right_pad
 from reward.errors import ShepherdError
-from reward.tasks import BAD_TOKEN, GOOD_TOKEN, STEP_TAG, tag_steps
-
-TAG_TEXT = f" {STEP_TAG}"
+from reward.formats import TAG_TEXT, TAGGED, segments
+from reward.tasks import BAD_TOKEN, GOOD_TOKEN, STEP_TAG
 
 
 def label_token_ids(tokenizer: Any, tag: str = STEP_TAG) -> tuple[int, int, int]:
@@ -28,7 +28,8 @@ def label_token_ids(tokenizer: Any, tag: str = STEP_TAG) -> tuple[int, int, int]
     for text in (tag_text, GOOD_TOKEN, BAD_TOKEN):
         enc = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(enc) != 1 or enc[0] == tokenizer.unk_token_id:
-            # A byte-level BPE may split ' ки' into two tokens: the tag is then its last token.
+            # A byte-level BPE, or a SentencePiece tokenizer (Llama, Mistral: '▁' + '▁ки'), may split
+            # ' ки' into two tokens: the tag is then its last token, the model card's encode('ки')[-1].
             if text == tag_text and enc and tokenizer.unk_token_id not in enc and \
                     tokenizer.decode(enc[-1:]).strip() == tag:
                 ids.append(enc[-1])
@@ -52,28 +53,34 @@ def ensure_label_tokens(model: Any, tokenizer: Any, allow_add: bool) -> tuple[in
     return label_token_ids(tokenizer)
 
 
-def encode_tagged(tokenizer: Any, question: str, steps: Sequence[str], tag_id: int, max_length: int = 0,
-                  tag: str = STEP_TAG) -> tuple[list[int], list[int]]:
-    """Token ids of the tagged text and the positions of its step tags (one per step).
+def encode_segments(tokenizer: Any, segs: Sequence[str], tag_id: int, tag: str = STEP_TAG,
+                    max_length: int = 0) -> tuple[list[int], list[int]]:
+    """Token ids of the text `segs` joined by ' ' + tag, and the positions of its tags (one per join).
 
-    The whole text is tokenized at once, as the published Math-Shepherd recipe does. Where a malformed
-    step merges with its tag (e.g. a step cut after an operator), the text is encoded piece by piece
-    with the tag id appended after each step, so every step keeps exactly one tag.
+    The whole text is tokenized at once, as the published Math-Shepherd recipe does, and the tags are
+    the tokens equal to the tag id. Where a tag merges with the text before it (e.g. a step cut after an
+    operator), the segments are encoded one by one with the tag id between them, so every step keeps
+    exactly one tag.
     """
-    ids = tokenizer(tag_steps(question, list(steps), tag))["input_ids"]
+    ids = tokenizer(f" {tag}".join(segs))["input_ids"]
     positions = [i for i, t in enumerate(ids) if t == tag_id]
-    if len(positions) != len(steps):
-        ids = tokenizer(question + "\n")["input_ids"]
-        newline = tokenizer("\n", add_special_tokens=False)["input_ids"]
+    if len(positions) != len(segs) - 1:
+        ids = tokenizer(segs[0])["input_ids"]
         positions = []
-        for step in steps:
-            ids += tokenizer(step, add_special_tokens=False)["input_ids"]
+        for seg in segs[1:]:
             positions.append(len(ids))
-            ids += [tag_id] + newline
+            ids += [tag_id] + (tokenizer(seg, add_special_tokens=False)["input_ids"] if seg else [])
     if max_length and len(ids) > max_length:
         ids = ids[:max_length]
         positions = [p for p in positions if p < max_length]
     return ids, positions
+
+
+def encode_tagged(tokenizer: Any, question: str, steps: Sequence[str], tag_id: int, max_length: int = 0,
+                  tag: str = STEP_TAG, fmt: str = TAGGED) -> tuple[list[int], list[int]]:
+    """Token ids of (question, steps) in the reward model's format `fmt` and the positions of its step
+    tags (one per step)."""
+    return encode_segments(tokenizer, segments(question, steps, fmt), tag_id, tag, max_length)
 
 
 def tag_logit_margin(logits: torch.Tensor, good_id: int, bad_id: int) -> torch.Tensor:
@@ -94,16 +101,23 @@ def step_bce(logits: torch.Tensor, targets: torch.Tensor, good_id: int, bad_id: 
     return torch.nn.functional.binary_cross_entropy_with_logits(margin, targets[mask].float())
 
 
-@torch.no_grad()
 def score_steps(model: Any, tokenizer: Any, items: Sequence[tuple[str, Sequence[str]]], batch_size: int = 64,
-                max_length: int = 0, tag: str = STEP_TAG) -> list[list[float]]:
-    """P(correct) for every step of every (question, steps) item: one forward pass per solution,
-    solutions batched (right padding; the causal mask keeps padding out of the tags' context).
-    `tag` is the reward model's own step tag (released PRMs differ from the policy's)."""
+                max_length: int = 0, tag: str = STEP_TAG, fmt: str = TAGGED) -> list[list[float]]:
+    """P(correct) for every step of every (question, steps) item, written in the reward model's own
+    format `fmt` with its own step `tag` (a released PRM's differ from the policy's and from ours)."""
+    return score_segments(model, tokenizer, [segments(q, s, fmt) for q, s in items], batch_size, max_length, tag)
+
+
+@torch.no_grad()
+def score_segments(model: Any, tokenizer: Any, texts: Sequence[Sequence[str]], batch_size: int = 64,
+                   max_length: int = 0, tag: str = STEP_TAG) -> list[list[float]]:
+    """P(correct) at every step tag of every text, given cut at its tags (`reward.formats.segments`):
+    one forward pass per text, texts batched (right padding; the causal mask keeps padding out of the
+    tags' context)."""
     tag_id, good_id, bad_id = label_token_ids(tokenizer, tag)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
-    encoded = [encode_tagged(tokenizer, q, s, tag_id, max_length, tag) for q, s in items]
+    encoded = [encode_segments(tokenizer, segs, tag_id, tag, max_length) for segs in texts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))  # similar lengths together
     out: list[list[float]] = [[] for _ in encoded]
     for start in range(0, len(order), batch_size):

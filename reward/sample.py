@@ -1,7 +1,8 @@
 """`shepherd sample`: draw solutions from a policy for a split and grade them (samples.jsonl).
 
 Resumable: problems are sampled in fixed chunks, each appended whole with its own seed, so a killed run
-continues at the first unfinished chunk and ends with the same records as an uninterrupted one.
+continues with the unfinished chunks and ends with the same records as an uninterrupted one. Under the
+`deepspeed` launcher the ranks share the chunks (`reward.shards`), with the same records again.
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from tqdm import tqdm
 
 from reward.config import GenerationConfig, StageConfig
 from reward.generation import Generator, load_generator
-from reward.io import append_jsonl, keep_whole_chunks, read_jsonl_resumable
+from reward.shards import ChunkedJsonl
 from reward.stage import stage_main
 from reward.tasks import Problem, Task, load_task
 
@@ -53,14 +54,13 @@ def run(cfg: DictConfig) -> dict:
     per_chunk = max(1, cfg.generation.batch_size // n)
     chunks = [problems[i: i + per_chunk] for i in range(0, len(problems), per_chunk)]
 
-    first_todo = keep_whole_chunks(path, [[p.id for p in chunk] for chunk in chunks], per_id=n, key="problem_id")
-    generator = load_generator(cfg.policy, cfg.generation) if first_todo < len(chunks) else None
-    for c in tqdm(range(first_todo, len(chunks)), desc="sample", initial=first_todo, total=len(chunks)):
+    out = ChunkedJsonl(path, [[p.id for p in chunk] for chunk in chunks], per_id=n, key="problem_id")
+    todo = out.todo()
+    generator = load_generator(cfg.policy, cfg.generation) if todo else None
+    for c in tqdm(todo, desc="sample", disable=out.rank != 0):
         groups = sample_and_grade(generator, task, chunks[c], n, cfg.temperature, seed=cfg.seed * 1000003 + c)
-        append_jsonl(path, [r for g in groups for r in g])
-
-    records = read_jsonl_resumable(path)
-    return summarize(records, n)
+        out.append([r for g in groups for r in g])
+    return summarize(out.finish(), n)
 
 
 def summarize(records: list[dict[str, Any]], n: int) -> dict[str, Any]:

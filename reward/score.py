@@ -1,6 +1,9 @@
 """`shepherd score`: P(correct) for every step of every solution in a jsonl, all steps of a solution in
 one forward pass, solutions batched. Reads either `annotate` format or `{"problem"|"question", "steps"}`
-records and writes `scores.jsonl`: each input record, in input order, with `step_scores` added."""
+records and writes `scores.jsonl`: each input record, in input order, with `step_scores` added.
+A Math-Shepherd row (`input`/`label`) is scored as its text stands, one score per step tag; other
+records are written in the reward model's format (key `format`: `tagged`, ours, or `math-shepherd`,
+the released math-shepherd-mistral-7b-prm's)."""
 from __future__ import annotations
 
 import os
@@ -13,8 +16,9 @@ from reward.config import StageConfig
 from reward.errors import ShepherdError
 from reward.generation import load_causal_lm, load_tokenizer
 from reward.io import read_jsonl, write_jsonl_atomic
-from reward.labels import from_math_shepherd
-from reward.prm import aggregate, score_steps
+from reward.formats import TAGGED, check_format, segments
+from reward.labels import from_math_shepherd, split_math_shepherd
+from reward.prm import aggregate, score_segments
 from reward.stage import stage_main
 
 
@@ -22,6 +26,7 @@ from reward.stage import stage_main
 class ScoreConfig(StageConfig):
     model: str = ""  # a reward-model folder (train-prm / train-orm output `model/`)
     input: str = ""
+    format: str = TAGGED  # the reward model's text format: tagged (ours) | math-shepherd (the released PRM)
     batch_size: int = 64
     max_length: int = 1024
     dtype: str = "auto"
@@ -31,7 +36,7 @@ class ScoreConfig(StageConfig):
 def question_and_steps(record: dict[str, Any], where: str) -> tuple[str, list[str]]:
     """The (question, steps) of a record in any of the formats we read."""
     if "input" in record and "label" in record:
-        r = from_math_shepherd(record)
+        r = from_math_shepherd(record, where)
         return r["prompt"], r["completions"]
     if "prompt" in record and "completions" in record:
         question, steps = record["prompt"], record["completions"]
@@ -44,14 +49,23 @@ def question_and_steps(record: dict[str, Any], where: str) -> tuple[str, list[st
     return question, list(steps)
 
 
+def record_segments(record: dict[str, Any], where: str, fmt: str) -> list[str]:
+    """The reward model's text of a record, cut at its step tags: a Math-Shepherd row as it stands (one
+    step per tag, wherever the tags are), any other record's (question, steps) in format `fmt`."""
+    if "input" in record and "label" in record:
+        return split_math_shepherd(record, where)[0]
+    return segments(*question_and_steps(record, where), fmt)
+
+
 def run(cfg: DictConfig) -> dict:
     if not cfg.input:
         raise ShepherdError("no input given (key input)")
+    check_format(cfg.format, "format")
     records = read_jsonl(cfg.input)
-    items = [question_and_steps(r, f"{cfg.input}:{i + 1}") for i, r in enumerate(records)]
+    texts = [record_segments(r, f"{cfg.input}:{i + 1}", cfg.format) for i, r in enumerate(records)]
     tokenizer = load_tokenizer(cfg.model, "model")
     model = load_causal_lm(cfg.model, "model", cfg.dtype, cfg.device)
-    scores = score_steps(model, tokenizer, items, cfg.batch_size, cfg.max_length)
+    scores = score_segments(model, tokenizer, texts, cfg.batch_size, cfg.max_length)
     write_jsonl_atomic(os.path.join(cfg.output_dir, "scores.jsonl"),
                        [{**r, "step_scores": [round(x, 6) for x in s]} for r, s in zip(records, scores)])
     mins = [aggregate(s, "min") for s in scores]

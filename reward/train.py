@@ -17,26 +17,21 @@ from typing import Any, Sequence
 import torch
 from omegaconf import DictConfig
 from transformers import Trainer
+from transformers.integrations import is_deepspeed_zero3_enabled
 
 from reward.batching import right_pad
+from reward import distributed
 from reward.config import StageConfig
 from reward.errors import ShepherdError
 from reward.generation import load_causal_lm, load_tokenizer
 from reward.grow import expand_layers, freeze_all_but_last_layers
 from reward.io import iter_jsonl
+from reward.formats import TAGGED, check_format
 from reward.labels import from_math_shepherd
+from reward.lora import LoraSettings, apply_lora
 from reward.prm import encode_tagged, ensure_label_tokens, score_steps, step_bce
-from reward.stage import is_main_process, stage_main
+from reward.stage import stage_main
 from reward.training import TrainConfig, save_trained, tensorboard_callback, training_arguments
-
-
-@dataclass
-class LoraSettings:
-    enabled: bool = False
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.05
-    target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
 
 
 @dataclass
@@ -54,6 +49,7 @@ class RewardTrainConfig(StageConfig):
     train_new_layers_only: bool = False  # with expand_layers: freeze the initial model, train the new blocks (LLaMA Pro)
     val_share: float = 0.1  # problems held out for validation (split by problem)
     max_length: int = 1024
+    format: str = TAGGED  # the text the model learns to score (reward.formats): tagged | math-shepherd
     lora: LoraSettings = field(default_factory=LoraSettings)
     train: TrainConfig = field(default_factory=lambda: TrainConfig(steps=600, batch_size=32, lr=1e-3, warmup_steps=30))
 
@@ -73,7 +69,8 @@ def read_examples(path: str, kind: str, label_type: str, label_scope: str = "all
     for lineno, r in enumerate(iter_jsonl(path), 1):
         where = f"{path}:{lineno}"
         if "input" in r and "label" in r:
-            r = {**from_math_shepherd(r), "problem_id": r.get("problem_id", r["input"].split("\n")[0])}
+            parsed = from_math_shepherd(r, where)  # a problem is its question (released rows: no ids)
+            r = {**parsed, "problem_id": r.get("problem_id", parsed["prompt"])}
         for key in ("prompt", "completions", "labels"):
             if key not in r:
                 raise ShepherdError(f"{where}: missing field '{key}'")
@@ -109,12 +106,12 @@ def split_by_problem(examples: list[Example], val_share: float, seed: int) -> tu
 class TagCollator:
     """Right-padded ids and a float target per position: the label at each step tag, NaN elsewhere."""
 
-    def __init__(self, tokenizer: Any, tag_id: int, max_length: int) -> None:
-        self.tokenizer, self.tag_id, self.max_length = tokenizer, tag_id, max_length
+    def __init__(self, tokenizer: Any, tag_id: int, max_length: int, fmt: str = TAGGED) -> None:
+        self.tokenizer, self.tag_id, self.max_length, self.fmt = tokenizer, tag_id, max_length, fmt
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     def encode(self, e: Example) -> tuple[list[int], list[float]]:
-        ids, positions = encode_tagged(self.tokenizer, e.question, e.steps, self.tag_id, self.max_length)
+        ids, positions = encode_tagged(self.tokenizer, e.question, e.steps, self.tag_id, self.max_length, fmt=self.fmt)
         if len(positions) != len(e.steps) and len(ids) < self.max_length:
             raise ShepherdError(f"problem {e.problem_id}: {len(positions)} step tags found for {len(e.steps)} steps "
                                 "(a step contains the tag, or the tokenizer merges it)")
@@ -144,12 +141,27 @@ class StepRewardTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
 
-def validation_metrics(model: Any, tokenizer: Any, val: list[Example], max_length: int) -> dict[str, float]:
-    """Tag-level accuracy and AUC on held-out problems (AUC across problems is not the gate: see verify)."""
+def validation_metrics(model: Any, tokenizer: Any, val: list[Example], max_length: int, batch_size: int = 16,
+                       fmt: str = TAGGED) -> dict[str, float]:
+    """Tag-level accuracy and AUC on held-out problems (AUC across problems is not the gate: see verify).
+
+    Scored with the trained model where it is (its device, dtype and ZeRO shards), each rank on an
+    equal share of the problems (ZeRO-3 ranks must run the same number of forwards), the pairs then
+    gathered: reloading a 7B on rank 0's CPU took hours while the other ranks timed out at a barrier."""
     if not val:
         return {}
-    scores = score_steps(model, tokenizer, [(e.question, e.steps) for e in val], max_length=max_length)
-    pairs = [(s, t) for e, ss in zip(val, scores) for s, t in zip(ss, e.targets) if not math.isnan(t)]
+    rank, world = distributed.world()
+    per = math.ceil(len(val) / world)
+    mine = val[rank * per: (rank + 1) * per]
+    real = len(mine)
+    mine += val[:1] * (per - real)  # padding rows are scored, not counted
+    was_training = model.training
+    model.eval()
+    scores = score_steps(model, tokenizer, [(e.question, e.steps) for e in mine], batch_size, max_length,
+                         fmt=fmt)[:real]
+    model.train(was_training)
+    local = [(s, t) for e, ss in zip(mine, scores) for s, t in zip(ss, e.targets) if not math.isnan(t)]
+    pairs = [pair for part in distributed.all_gather_objects(local) for pair in part]
     hard = [(s, t >= 0.5) for s, t in pairs]
     acc = sum((s >= 0.5) == y for s, y in hard) / len(hard)
     pos = [s for s, y in hard if y]
@@ -166,6 +178,7 @@ def run(cfg: DictConfig) -> dict:
         raise ShepherdError(f"unknown label type '{cfg.label_type}' (key label_type); use he or se")
     if cfg.label_scope not in ("all", "first_error"):
         raise ShepherdError(f"unknown label scope '{cfg.label_scope}' (key label_scope); use all or first_error")
+    check_format(cfg.format, "format")
     if cfg.kind == "orm" and cfg.label_scope != "all":
         raise ShepherdError("label_scope applies to the PRM; an ORM has one label per solution (key label_scope)")
     if not cfg.data:
@@ -174,40 +187,31 @@ def run(cfg: DictConfig) -> dict:
     train, val = split_by_problem(examples, cfg.val_share, cfg.seed)
     tokenizer = load_tokenizer(cfg.init, "init")
     torch.manual_seed(cfg.seed)
+    # The arguments first: under ZeRO-3 they hold the DeepSpeed config that makes from_pretrained load
+    # each rank's shard only (zero.Init), never the whole model on every rank.
+    args = training_arguments(cfg.train, cfg.output_dir, cfg.seed)
     model = load_causal_lm(cfg.init, "init", device="cpu")
     tag_id, good_id, bad_id = ensure_label_tokens(model, tokenizer, cfg.add_tokens)
+    if cfg.expand_layers and is_deepspeed_zero3_enabled():
+        raise ShepherdError("expand_layers copies whole decoder blocks: use ZeRO-2 (key train.deepspeed)")
     expand_layers(model, cfg.expand_layers)
     if cfg.train_new_layers_only:
         if cfg.expand_layers <= 0:
             raise ShepherdError("train_new_layers_only needs expand_layers > 0")
         freeze_all_but_last_layers(model, cfg.expand_layers)
-    if cfg.lora.enabled:
-        from peft import LoraConfig, get_peft_model
-
-        model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
-                                                 lora_dropout=cfg.lora.dropout, target_modules=list(cfg.lora.target_modules)))
+    model = apply_lora(model, cfg.lora)
     model.train()
     trainer = StepRewardTrainer(
-        model=model, args=training_arguments(cfg.train, cfg.output_dir, cfg.seed), train_dataset=train,
-        data_collator=TagCollator(tokenizer, tag_id, cfg.max_length), callbacks=[tensorboard_callback(cfg.output_dir)],
-        good_id=good_id, bad_id=bad_id,
+        model=model, args=args, train_dataset=train,
+        data_collator=TagCollator(tokenizer, tag_id, cfg.max_length, cfg.format),
+        callbacks=[tensorboard_callback(cfg.output_dir)], good_id=good_id, bad_id=bad_id,
     )
     result = trainer.train()
-    if cfg.lora.enabled:  # a plain checkpoint that from_pretrained loads: merge the adapters
-        trainer.model = trainer.model.merge_and_unload()
-    out_dir = os.path.join(cfg.output_dir, "model")
-    save_trained(trainer, tokenizer, out_dir)
     metrics = {"kind": cfg.kind, "label_type": cfg.label_type, "train_examples": len(train), "val_examples": len(val),
                "train_loss": round(float(result.training_loss), 4), "train_steps": int(result.global_step),
                "world_size": trainer.args.world_size, "deepspeed": cfg.train.deepspeed}
-    if is_main_process():
-        # Under ZeRO-3, from_pretrained would partition the weights across ranks that have finished:
-        # drop the Trainer's DeepSpeed context first and read the gathered checkpoint plainly.
-        from transformers.integrations import unset_hf_deepspeed_config
-
-        unset_hf_deepspeed_config()
-        model = load_causal_lm(out_dir, "model", device="cpu")
-        metrics.update(validation_metrics(model, tokenizer, val, cfg.max_length))
+    metrics.update(validation_metrics(trainer.model, tokenizer, val, cfg.max_length, cfg.train.batch_size, cfg.format))
+    save_trained(trainer, tokenizer, os.path.join(cfg.output_dir, "model"), cfg.lora)
     return metrics
 
 

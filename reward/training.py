@@ -25,6 +25,7 @@ class TrainConfig:
     max_grad_norm: float = 1.0
     logging_steps: int = 50
     deepspeed: str = ""  # a DeepSpeed JSON, e.g. configs/deepspeed/zero2.json
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
 
 
 def distributed_backend() -> str | None:
@@ -48,7 +49,8 @@ def training_arguments(t: Any, output_dir: str, seed: int) -> TrainingArguments:
         adam_beta2=t.adam_beta2, max_grad_norm=t.max_grad_norm, logging_steps=t.logging_steps,
         save_strategy="no", report_to="none", use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
         seed=seed, deepspeed=t.deepspeed or None, ddp_backend=distributed_backend(), remove_unused_columns=False,
-        dataloader_drop_last=True,
+        dataloader_drop_last=True, gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},  # reentrant needs grads on inputs (LoRA: none)
     )
 
 
@@ -57,13 +59,22 @@ def tensorboard_callback(output_dir: str) -> TensorBoardCallback:
     return TensorBoardCallback(tb_writer=SummaryWriter(os.path.join(output_dir, "tensorboard")))
 
 
-def save_trained(trainer: Any, tokenizer: Any, out_dir: str) -> None:
+def save_trained(trainer: Any, tokenizer: Any, out_dir: str, lora: Any = None) -> None:
     """Save through a sibling folder and rename, so a killed run never leaves half a checkpoint.
-    Every rank calls it (ZeRO-3 gathers the weights); rank 0 writes."""
+    Every rank calls it (ZeRO-3 gathers the weights); rank 0 writes. With LoRA enabled the adapters
+    are folded into the weights of the gathered state dict: a plain model, under ZeRO-2 or ZeRO-3."""
     tmp = out_dir.rstrip("/") + ".tmp"
     if trainer.is_world_process_zero():
         shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(tmp)
+    if lora is not None and lora.enabled:
+        from reward.lora import merged_state_dict
+
+        state = trainer.accelerator.get_state_dict(trainer.model_wrapped)  # rank 0's whole copy
+        if trainer.is_world_process_zero():
+            base = trainer.accelerator.unwrap_model(trainer.model).get_base_model()
+            base.save_pretrained(tmp, state_dict=merged_state_dict(state, lora), safe_serialization=True)
+    else:
+        trainer.save_model(tmp)
     if trainer.is_world_process_zero():
         tokenizer.save_pretrained(tmp)
         shutil.rmtree(out_dir, ignore_errors=True)

@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 from reward.batching import right_pad
 from reward.config import GenerationConfig, StageConfig
 from reward.errors import ShepherdError
+from reward.formats import TAGGED, check_format
 from reward.generation import load_causal_lm, load_generator, load_tokenizer
 from reward.io import read_jsonl, write_atomic, write_jsonl_atomic
 from reward.prm import aggregate, score_steps
@@ -37,6 +38,8 @@ class VerifyConfig(StageConfig):
     policy: str = ""
     prm: str = ""  # reward-model folders; either may be empty (its methods are then left out)
     orm: str = ""
+    prm_format: str = TAGGED  # each reward model's text format: tagged (ours) | math-shepherd (the released PRM)
+    orm_format: str = TAGGED
     split: str = "test"
     num_problems: int = 200
     n: int = 64  # solutions per problem (up to 256)
@@ -179,6 +182,8 @@ def run(cfg: DictConfig) -> dict:
         raise ShepherdError("verify needs the policy (key policy): it samples and gives the confidence baseline")
     if not 1 <= cfg.n <= 256:
         raise ShepherdError(f"n must be in 1..256, got {cfg.n} (key n)")
+    for name in ("prm", "orm"):
+        check_format(cfg[f"{name}_format"], f"{name}_format")
     task = load_task(cfg.task)
     sampled = load_or_sample(cfg, task)
     flat = [r for g in sampled for r in g]
@@ -187,7 +192,8 @@ def run(cfg: DictConfig) -> dict:
     for name in ("prm", "orm"):
         if cfg[name]:
             model = load_causal_lm(cfg[name], name)
-            step_scores[name] = score_steps(model, load_tokenizer(cfg[name], name), items, cfg.score_batch_size)
+            step_scores[name] = score_steps(model, load_tokenizer(cfg[name], name), items, cfg.score_batch_size,
+                                            fmt=cfg[f"{name}_format"])
             del model
     tok = load_tokenizer(cfg.policy)
     policy = load_causal_lm(cfg.policy)

@@ -10,6 +10,7 @@ import sys
 
 # stage -> (module, one-line description); modules are imported only when their stage runs.
 STAGES = {
+    "import-gguf": ("reward.import_gguf", "turn a GGUF model file (default: SmolLM2-135M-Instruct) into a safetensors model folder"),
     "world": ("rl.world", "build the embedded world: arith data, tokenizer, tiny SFT policy, its accuracy"),
     "sft": ("rl.sft", "supervised fine-tuning of a policy on step-by-step solutions"),
     "sample": ("reward.sample", "draw and grade solutions from a policy for a split (samples.jsonl)"),
@@ -25,6 +26,7 @@ STAGES = {
     "report": ("rl.report", "one markdown report with plots from stage and PPO run folders"),
     "pipeline": ("rl.pipeline", "every stage of an experiment, the PPO arms over seeds, the report; skips finished stages"),
 }
+PRESETS = {"train-orm": ["kind=orm"]}  # overrides a stage adds to its module's (one module trains both reward models)
 
 
 def usage() -> str:
@@ -43,8 +45,7 @@ def main(argv: list[str] | None = None) -> None:
     if stage not in STAGES:
         print(f"shepherd: unknown stage '{stage}'\n\n{usage()}", file=sys.stderr)
         sys.exit(2)
-    preset = ["kind=orm"] if stage == "train-orm" else []  # one module trains both reward models
-    importlib.import_module(STAGES[stage][0]).main(argv[1:] + preset)
+    importlib.import_module(STAGES[stage][0]).main(argv[1:] + PRESETS.get(stage, []))
 
 
 if __name__ == "__main__":

@@ -33,14 +33,13 @@ def init_distributed() -> tuple[int, int, torch.device]:
     if "RANK" not in os.environ:
         os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
                           MASTER_PORT=os.environ.get("MASTER_PORT") or str(free_port()))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():  # before the process group: NCCL's first collective uses the current GPU
+        torch.cuda.set_device(local)
     if not torch.distributed.is_initialized():
         deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():
-        torch.cuda.set_device(local)
-        return rank, world, torch.device("cuda", local)
-    return rank, world, torch.device("cpu")
+    return rank, world, torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def ds_config(path: str, micro_batch: int, grad_clip: float, world: int, train: bool) -> dict[str, Any]:

@@ -2,9 +2,14 @@
 seeds (and, with `prm_rounds`, more rounds of PRM labels on the PRM arm's own policy, each followed
 by that arm again), then the report. A stage whose `metrics.json` exists is complete and skipped (a
 second run takes seconds); a partial one is run again and resumes (sample and annotate by chunks, PPO
-from its last checkpoint). Each stage runs in its own process, as a user would start it.
+from its last checkpoint). Each stage runs in its own process (or ranks), as a user would start it.
 
     shepherd pipeline --config configs/experiments/arith_tiny.yaml
+
+Stages that train (sft, train-prm, train-orm, ppo) and stages that sample (sample, annotate) start
+under the `deepspeed` launcher when `num_gpus` > 1 (or a `hostfile` is given): DeepSpeed ranks for
+training, data-parallel ranks that share the sampling chunks (`reward.shards`) with the same records as
+one process. On a machine without a GPU, `num_gpus` N starts N gloo ranks with one thread each.
 """
 from __future__ import annotations
 
@@ -23,10 +28,21 @@ from reward.errors import ShepherdError
 from reward.stage import stage_main
 
 REWARD_STAGES = ["world", "eval", "sample", "annotate", "train-prm", "train-orm", "verify", "eval-prm"]
+LAUNCHED_STAGES = ("sample", "annotate", "sft", "train-prm", "train-orm", "ppo")  # under deepspeed when num_gpus > 1
 
 
 @dataclass
-class PipelineConfig(StageConfig):
+class LaunchConfig(StageConfig):
+    """Keys of a stage that starts other stages: the ranks each of LAUNCHED_STAGES gets."""
+
+    num_gpus: int = 0  # > 1: `deepspeed --num_gpus N` (no GPU here: N gloo ranks); 0 or 1: one process
+    # Several nodes: `deepspeed --hostfile FILE` (num_gpus, if > 0, then counts per node; MASTER_ADDR
+    # from the environment pins the first host).
+    hostfile: str = ""
+
+
+@dataclass
+class PipelineConfig(LaunchConfig):
     experiment_file: str = ""  # set from --config
     stages: list[str] = field(default_factory=lambda: list(REWARD_STAGES))
     arms: list[str] = field(default_factory=list)  # experiment files with a `ppo:` section (paths from the repo root)
@@ -44,15 +60,46 @@ def arm_runs(out_dir: str, seeds: list[int]) -> list[tuple[int, str]]:
     return [(seed, os.path.join(out_dir, f"seed{seed}")) for seed in seeds]
 
 
-def run_stage(stage: str, config_file: str, out_dir: str, extra: list[str]) -> float:
-    """Run one stage in a fresh process unless its metrics.json says it is complete; its wall time."""
+def stage_command(stage: str, config_file: str, out_dir: str, extra: list[str], num_gpus: int = 0,
+                  hostfile: str = "") -> tuple[list[str], dict[str, str]]:
+    """The command and environment of one stage: `python -m rl.cli STAGE ...`, or for LAUNCHED_STAGES
+    with num_gpus > 1 or a hostfile the deepspeed launcher on the stage's module."""
+    from rl.cli import PRESETS, STAGES
+
+    args = ["--config", config_file, f"output_dir={out_dir}", *extra]
+    if stage not in LAUNCHED_STAGES or (num_gpus <= 1 and not hostfile):
+        return [sys.executable, "-m", "rl.cli", stage, *args], dict(os.environ)
+    import torch
+
+    from rl.engines import free_port
+
+    where = []
+    if hostfile:
+        if not os.path.isfile(hostfile):
+            raise ShepherdError(f"hostfile not found: {hostfile} (key hostfile)")
+        where = ["--hostfile", hostfile]
+        if os.environ.get("MASTER_ADDR"):
+            where += ["--master_addr", os.environ["MASTER_ADDR"]]
+    if num_gpus > 0:
+        where += ["--num_gpus", str(num_gpus)]
+    env = dict(os.environ)
+    if not torch.cuda.is_available():
+        env.setdefault("OMP_NUM_THREADS", "1")  # gloo ranks share the cores
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", *where, "--master_port", str(free_port()),
+           "--module", STAGES[stage][0], *args, *PRESETS.get(stage, [])]
+    return cmd, env
+
+
+def run_stage(stage: str, config_file: str, out_dir: str, extra: list[str], num_gpus: int = 0,
+              hostfile: str = "") -> float:
+    """Run one stage in fresh processes unless its metrics.json says it is complete; its wall time."""
     if os.path.isfile(os.path.join(out_dir, "metrics.json")):
         print(f"[pipeline] {stage}: complete, skipped ({out_dir})", flush=True)
         return 0.0
     print(f"[pipeline] {stage} -> {out_dir}", flush=True)
     started = time.time()
-    cmd = [sys.executable, "-m", "rl.cli", stage, "--config", config_file, f"output_dir={out_dir}", *extra]
-    if subprocess.run(cmd).returncode != 0:
+    cmd, env = stage_command(stage, config_file, out_dir, extra, num_gpus, hostfile)
+    if subprocess.run(cmd, env=env).returncode != 0:
         raise ShepherdError(f"stage {stage} failed (rerun `{' '.join(cmd[2:])}` to see why; finished stages stay done)")
     return time.time() - started
 
@@ -71,6 +118,11 @@ def round_arm(cfg: DictConfig) -> str:
     raise ShepherdError("prm_rounds > 1 needs an arm with reward.type prm or prm_min (key arms or prm_arm)")
 
 
+def launch_overrides(cfg: DictConfig) -> list[str]:
+    """The launch keys, passed on to a stage that starts stages itself (prm-round)."""
+    return [f"num_gpus={cfg.num_gpus}"] + ([f"hostfile={cfg.hostfile}"] if cfg.hostfile else [])
+
+
 def prm_rounds(cfg: DictConfig) -> list[str]:
     """Rounds 2..prm_rounds: new PRM labels on the last round's policy, then the PRM arm with the new PRM."""
     if cfg.prm_rounds <= 1:
@@ -81,11 +133,12 @@ def prm_rounds(cfg: DictConfig) -> list[str]:
     for r in range(2, cfg.prm_rounds + 1):
         round_out = stage_output_dir(cfg.experiment_file, "prm-round") + str(r)
         run_stage("prm-round", cfg.experiment_file, round_out,
-                  [f"policy={policy}", f"earlier_rounds=[{','.join(rounds)}]"])
+                  [f"policy={policy}", f"earlier_rounds=[{','.join(rounds)}]", *launch_overrides(cfg)])
         rounds.append(round_out)
         round_runs = arm_runs(f"{arm_out}-r{r}", seeds)
         for seed, out in round_runs:
-            run_stage("ppo", arm, out, [f"seed={seed}", "resume=true", f"reward.model={round_out}/train-prm/model"])
+            run_stage("ppo", arm, out, [f"seed={seed}", "resume=true", f"reward.model={round_out}/train-prm/model"],
+                      cfg.num_gpus, cfg.hostfile)
             runs.append(out)
         policy = os.path.join(round_runs[0][1], "policy")
     return runs
@@ -104,11 +157,12 @@ def run(cfg: DictConfig) -> dict:
             raise ShepherdError(f"PPO arm file not found: {arm} (key arms)")
     seconds: dict[str, float] = {}
     for stage in cfg.stages:
-        seconds[stage] = run_stage(stage, cfg.experiment_file, stage_output_dir(cfg.experiment_file, stage), [])
+        seconds[stage] = run_stage(stage, cfg.experiment_file, stage_output_dir(cfg.experiment_file, stage), [],
+                                   cfg.num_gpus, cfg.hostfile)
     runs = []
     for arm in cfg.arms:
         for seed, out in arm_runs(stage_output_dir(arm, "ppo"), list(cfg.seeds)):
-            seconds[out] = run_stage("ppo", arm, out, [f"seed={seed}", "resume=true"])
+            seconds[out] = run_stage("ppo", arm, out, [f"seed={seed}", "resume=true"], cfg.num_gpus, cfg.hostfile)
             runs.append(out)
     runs += prm_rounds(cfg)
     if cfg.report:

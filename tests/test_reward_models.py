@@ -9,7 +9,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from reward.errors import ShepherdError
 from reward.prm import aggregate, encode_tagged, label_token_ids, score_steps, step_bce
-from reward.tasks import tag_steps
+from reward.formats import render
 from reward.train import Example, TagCollator, read_examples
 from reward.verify import (Group, accuracy_at, pairwise_accuracy, pick_best, pick_majority, pick_random,
                            pick_weighted_vote)
@@ -38,7 +38,7 @@ def published_recipe(model, tokenizer, text):
 def test_scores_equal_the_published_recipe(rm):
     model, tok = rm
     ours = score_steps(model, tok, [(Q, STEPS)])[0]
-    theirs = published_recipe(model, tok, tag_steps(Q, STEPS))
+    theirs = published_recipe(model, tok, render(Q, STEPS))
     assert len(ours) == len(STEPS) and ours == pytest.approx(theirs, abs=1e-6)
 
 

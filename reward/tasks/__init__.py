@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from reward.errors import ShepherdError
-from reward.tasks.base import BAD_TOKEN, GOOD_TOKEN, STEP_TAG, Problem, Task, tag_steps
+from reward.tasks.base import BAD_TOKEN, GOOD_TOKEN, STEP_TAG, Problem, Task
 
 TASKS = ("arith", "gsm8k", "math")
 
@@ -20,17 +20,19 @@ def load_task(cfg: Any) -> Task:
             form=get("form", "modular"), min_ops=get("min_ops", 4), max_ops=get("max_ops", 7),
             modulus=get("modulus", 10), operand_max=get("operand_max", 99), ops=get("ops", "+-*"),
             wrong_rule=get("wrong_rule", "none"), wrong_rule_share=get("wrong_rule_share", 0.0),
-            carry_rest=get("carry_rest", False),
+            carry_rest=get("carry_rest", False), prompt_template=get("prompt_template", ""),
         )
     if name == "gsm8k":
         from reward.tasks.gsm8k import GSM8KTask
 
-        return GSM8KTask(path=get("path", ""), chat_template=get("chat_template", False))
+        return GSM8KTask(path=get("path", ""), chat_template=get("chat_template", False),
+                         max_gold_steps=get("max_gold_steps", 0), prompt_template=get("prompt_template", ""))
     if name == "math":
         from reward.tasks.math import MathTask
 
-        return MathTask(path=get("path", ""), chat_template=get("chat_template", False))
+        return MathTask(path=get("path", ""), chat_template=get("chat_template", False),
+                        prompt_template=get("prompt_template", ""))
     raise ShepherdError(f"unknown task '{name}' (key task.name); known tasks: {', '.join(TASKS)}")
 
 
-__all__ = ["load_task", "Task", "Problem", "STEP_TAG", "GOOD_TOKEN", "BAD_TOKEN", "tag_steps", "TASKS"]
+__all__ = ["load_task", "Task", "Problem", "STEP_TAG", "GOOD_TOKEN", "BAD_TOKEN", "TASKS"]

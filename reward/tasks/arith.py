@@ -50,8 +50,8 @@ class ArithTask(Task):
 
     def __init__(self, form: str = "modular", min_ops: int = 4, max_ops: int = 7, modulus: int = 10,
                  operand_max: int = 99, ops: str = "+-*", wrong_rule: str = "none",
-                 wrong_rule_share: float = 0.0, carry_rest: bool = False) -> None:
-        super().__init__(chat_template=False)
+                 wrong_rule_share: float = 0.0, carry_rest: bool = False, prompt_template: str = "") -> None:
+        super().__init__(chat_template=False, prompt_template=prompt_template)
         if form not in RULES:
             raise ShepherdError(f"unknown arith form '{form}' (key task.form); use one of {', '.join(RULES)}")
         if wrong_rule not in RULES[form]:

@@ -4,8 +4,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from reward.errors import ShepherdError
+
 STEP_TAG = "ки"  # Math-Shepherd's step tag: every step of a PRM input ends with " ки"
 GOOD_TOKEN, BAD_TOKEN = "+", "-"  # the labels that replace the tag in Math-Shepherd training data
+QUESTION_FIELD = "{question}"  # where a prompt template (key task.prompt_template) puts the question
 
 
 @dataclass
@@ -22,18 +25,26 @@ class Task:
     name = "base"
     has_oracle = False
 
-    def __init__(self, chat_template: bool = False) -> None:
+    def __init__(self, chat_template: bool = False, prompt_template: str = "") -> None:
+        if prompt_template and QUESTION_FIELD not in prompt_template:
+            raise ShepherdError(f"task.prompt_template has no '{QUESTION_FIELD}' where the question goes: "
+                                f"{prompt_template[:80]!r}")
         self.chat_template = chat_template
+        self.prompt_template = prompt_template
 
     def problems(self, split: str, n: int | None = None, seed: int = 0) -> list[Problem]:
         raise NotImplementedError
 
     def format_prompt(self, question: str, tokenizer: Any = None) -> str:
-        """The text a policy continues; a chat template for instruct models when configured."""
+        """The text a policy continues. An SFT model continues the prompt it was trained on: the
+        `prompt_template` with the question in place, verbatim (e.g. MetaMath's Alpaca prompt); without
+        one, the question and a line break. An instruct model (chat_template, when its tokenizer has one)
+        gets one user message: the filled `prompt_template` if given, else the task's instruction."""
+        filled = self.prompt_template.replace(QUESTION_FIELD, question) if self.prompt_template else None
         if self.chat_template and tokenizer is not None and getattr(tokenizer, "chat_template", None):
-            messages = [{"role": "user", "content": self.instruction(question)}]
+            messages = [{"role": "user", "content": self.instruction(question) if filled is None else filled}]
             return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        return question + "\n"
+        return question + "\n" if filled is None else filled
 
     def instruction(self, question: str) -> str:
         return question
@@ -70,8 +81,3 @@ class Task:
     def first_error(self, problem: Problem, solution: str) -> int | None:
         """The oracle: index of the first wrong step, or None when every step is right."""
         raise NotImplementedError(f"task '{self.name}' has no oracle of step correctness")
-
-
-def tag_steps(question: str, steps: list[str], tag: str = STEP_TAG) -> str:
-    """Math-Shepherd PRM input: the question, then every step followed by ' ки', one per line."""
-    return question + "\n" + "".join(f"{s} {tag}\n" for s in steps)

@@ -65,14 +65,27 @@ class GSM8KTask(Task):
 
     name = "gsm8k"
 
-    def __init__(self, path: str = "", chat_template: bool = False) -> None:
-        super().__init__(chat_template)
+    def __init__(self, path: str = "", chat_template: bool = False, max_gold_steps: int = 0,
+                 prompt_template: str = "") -> None:
+        super().__init__(chat_template, prompt_template)
         self.path = path
+        if max_gold_steps < 0:
+            raise ShepherdError(f"task.max_gold_steps must be 0 (all problems) or positive, not {max_gold_steps}")
+        self.max_gold_steps = max_gold_steps
 
     def problems(self, split: str, n: int | None = None, seed: int = 0) -> list[Problem]:
-        """The first n problems of the split, in file order (deterministic; `seed` is not needed)."""
-        records = load_records(self.path, split, ("question", "answer"), "main")[:n]
-        return [self._problem(split, i, r) for i, r in enumerate(records)]
+        """The first n problems of the split, in file order (deterministic; `seed` is not needed); with
+        `max_gold_steps`, the first n whose reference solution has at most that many steps. Ids keep the
+        problem's line in the file, so they mean the same problem with or without the filter."""
+        records = load_records(self.path, split, ("question", "answer"), "main")
+        problems = [self._problem(split, i, r) for i, r in enumerate(records)]
+        if self.max_gold_steps:
+            problems = [p for p in problems if self.gold_steps(p) <= self.max_gold_steps]
+        return problems[:n]
+
+    def gold_steps(self, problem: Problem) -> int:
+        """Steps of the reference solution, not counting its final 'The answer is' line."""
+        return len(self.split_steps(problem.meta["solution"])) - 1
 
     @staticmethod
     def _problem(split: str, i: int, r: dict[str, Any]) -> Problem:

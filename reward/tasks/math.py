@@ -112,8 +112,8 @@ class MathTask(Task):
 
     name = "math"
 
-    def __init__(self, path: str = "", chat_template: bool = False) -> None:
-        super().__init__(chat_template)
+    def __init__(self, path: str = "", chat_template: bool = False, prompt_template: str = "") -> None:
+        super().__init__(chat_template, prompt_template)
         self.path = path
 
     def problems(self, split: str, n: int | None = None, seed: int = 0) -> list[Problem]:

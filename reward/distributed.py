@@ -1,0 +1,53 @@
+"""Every collective of every stage goes through here, so that each tensor sits where its backend wants it.
+
+NCCL (every CUDA machine) reduces only CUDA tensors and raises on a CPU one; gloo (CPU ranks) the other
+way round. A metric built on the CPU and all-reduced directly works in the CPU tests and fails before
+the first update on GPUs: these helpers move it to the rank's device and back. Outside a process group
+(a plain one-process stage) they are the identity.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+def active() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside a process group."""
+    return (dist.get_rank(), dist.get_world_size()) if active() else (0, 1)
+
+
+def collective_device(backend: str) -> torch.device:
+    """Where a tensor must be for `backend`: the rank's current GPU for NCCL, the CPU otherwise."""
+    if backend == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:
+    """The sum over ranks of `values` (any device, any float dtype), returned on the CPU."""
+    if not active():
+        return values.detach().cpu()
+    out = values.detach().to(collective_device(dist.get_backend()))
+    dist.all_reduce(out)
+    return out.cpu()
+
+
+def all_gather_objects(obj: Any) -> list[Any]:
+    """Every rank's `obj` (picklable), in rank order: for results of different sizes per rank.
+    torch moves the pickled bytes to the current CUDA device under NCCL (set_device must have run)."""
+    if not active():
+        return [obj]
+    out: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def barrier() -> None:
+    if active():
+        dist.barrier()
