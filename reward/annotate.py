@@ -53,6 +53,12 @@ class AnnotateConfig(StageConfig):
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
 
+def continue_after(prompt: str) -> str:
+    """The prompt a prefix of steps follows: a template that ends mid-line (MetaMath's "... Let's think
+    step by step.") gets a line break, so step 1 does not run into it."""
+    return prompt if not prompt or prompt[-1].isspace() else prompt + "\n"
+
+
 @dataclass
 class Solution:
     id: str
@@ -87,7 +93,8 @@ class Completer:
         where = {key: i for i, key in enumerate(unique)}
         owner = {key: s for key, (s, _) in zip(keys, prefixes)}
         tok = self.generator.tokenizer
-        prompts = [self.task.format_prompt(q, tok) + self.task.join_steps(list(steps)) + "\n" for q, steps in unique]
+        prompts = [continue_after(self.task.format_prompt(q, tok)) + self.task.join_steps(list(steps)) + "\n"
+                   for q, steps in unique]
         samples = self.generator.generate(prompts, n=n, temperature=self.temperature, seed=seed) if prompts else []
         self.generated += len(unique) * n
         results = []

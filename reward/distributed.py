@@ -1,4 +1,5 @@
-"""Every collective of every stage goes through here, so that each tensor sits where its backend wants it.
+"""Joining the process group, and every collective of every stage, so that each tensor sits where its
+backend wants it.
 
 NCCL (every CUDA machine) reduces only CUDA tensors and raises on a CPU one; gloo (CPU ranks) the other
 way round. A metric built on the CPU and all-reduced directly works in the CPU tests and fails before
@@ -7,10 +8,35 @@ the first update on GPUs: these helpers move it to the rank's device and back. O
 """
 from __future__ import annotations
 
+import os
+import socket
 from typing import Any
 
 import torch
 import torch.distributed as dist
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now (for a rendezvous on this machine)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed() -> tuple[int, int, torch.device]:
+    """Rank, world size and device of this process, DeepSpeed's process group joined (NCCL on GPUs,
+    gloo on CPU); a plain `python -m rl.ppo` becomes a world of one."""
+    import deepspeed
+
+    if "RANK" not in os.environ:
+        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                          MASTER_PORT=os.environ.get("MASTER_PORT") or str(free_port()))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():  # before the process group: NCCL's first collective uses the current GPU
+        torch.cuda.set_device(local)
+    deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")  # once; then a no-op
+    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return rank, world, torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def active() -> bool:

@@ -190,6 +190,8 @@ def run(cfg: DictConfig) -> dict:
     # The arguments first: under ZeRO-3 they hold the DeepSpeed config that makes from_pretrained load
     # each rank's shard only (zero.Init), never the whole model on every rank.
     args = training_arguments(cfg.train, cfg.output_dir, cfg.seed)
+    if cfg.train.deepspeed and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        distributed.init_distributed()  # zero.Init reads the world size from DeepSpeed's group as the model loads
     model = load_causal_lm(cfg.init, "init", device="cpu")
     tag_id, good_id, bad_id = ensure_label_tokens(model, tokenizer, cfg.add_tokens)
     if cfg.expand_layers and is_deepspeed_zero3_enabled():

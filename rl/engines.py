@@ -11,35 +11,12 @@ import copy
 import json
 import os
 import shutil
-import socket
 from typing import Any, Callable
 
 import torch
 
+from reward.distributed import free_port, init_distributed  # noqa: F401 (the engines' entry points)
 from reward.errors import ShepherdError
-
-
-def free_port() -> int:
-    """A TCP port nobody listens on now (for a rendezvous on this machine)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def init_distributed() -> tuple[int, int, torch.device]:
-    """Rank, world size and device; a plain `python -m rl.ppo` becomes a world of one."""
-    import deepspeed
-
-    if "RANK" not in os.environ:
-        os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
-                          MASTER_PORT=os.environ.get("MASTER_PORT") or str(free_port()))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if torch.cuda.is_available():  # before the process group: NCCL's first collective uses the current GPU
-        torch.cuda.set_device(local)
-    if not torch.distributed.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")
-    rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return rank, world, torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")
 
 
 def ds_config(path: str, micro_batch: int, grad_clip: float, world: int, train: bool) -> dict[str, Any]:

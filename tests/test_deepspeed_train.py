@@ -47,7 +47,7 @@ def test_two_rank_zero_training_finishes_and_loads(ds_config, extra, stepwise, t
     assert sum(p.numel() for p in model.parameters()) == sum(p.numel() for p in policy.parameters())
     assert not all((a == b).all() for a, b in zip(model.parameters(), policy.parameters()))  # it trained
     assert not any("lora" in name for name in model.state_dict())  # adapters folded into plain weights
-    config = load_config(RewardTrainConfig, "train-prm", cmd[3], cmd[4:])
+    config = load_config(RewardTrainConfig, "train-prm", cmd[2], cmd[3:])
     examples = read_examples(str(stepwise), "prm", config.label_type, config.label_scope)
     _, val = split_by_problem(examples, config.val_share, config.seed)
     alone = validation_metrics(model, AutoTokenizer.from_pretrained(out / "model"), val, config.max_length)

@@ -201,3 +201,21 @@ def test_bad_ppo_config_is_one_clear_error(tmp_path):
               load_task("arith"))
     with pytest.raises(ShepherdError, match="unknown config key 'ppo.learning_rate'"):
         load_config(PPOConfig, "ppo", None, ["ppo.learning_rate=1"])
+
+
+def test_gradient_checkpointing_saves_memory_not_math(random_policy, tmp_path):
+    """ppo.gradient_checkpointing (actor, critic) and train.gradient_checkpointing (reward models, SFT):
+    checkpointing is on, and the gradients are those of the model without it."""
+    from reward.training import TrainConfig, training_arguments
+    from rl.ppo import checkpointed, load_critic
+
+    ids = torch.randint(5, 20, (2, 12))
+    grads = []
+    for on in (False, True):
+        model = checkpointed(AutoModelForCausalLM.from_pretrained(random_policy), on).train()
+        assert model.is_gradient_checkpointing == on
+        model(input_ids=ids).logits.float().logsumexp(-1).mean().backward()
+        grads.append([p.grad.clone() for p in model.parameters()])
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+    assert checkpointed(load_critic(random_policy), True).is_gradient_checkpointing
+    assert training_arguments(TrainConfig(gradient_checkpointing=True), str(tmp_path), 0).gradient_checkpointing

