@@ -149,9 +149,10 @@ def run(cfg: DictConfig) -> dict:
 
     if not cfg.experiment_file:
         raise ShepherdError("pipeline needs the experiment file: shepherd pipeline --config FILE")
-    unknown = [s for s in cfg.stages if s not in STAGES or s in ("pipeline", "ppo", "prm-round", "report")]
+    allowed = [s for s in STAGES if s not in ("pipeline", "ppo", "prm-round", "report")]  # those run after the stages
+    unknown = [s for s in cfg.stages if s not in allowed]
     if unknown:
-        raise ShepherdError(f"unknown stage '{unknown[0]}' in key stages; use some of {', '.join(REWARD_STAGES)}")
+        raise ShepherdError(f"unknown stage '{unknown[0]}' in key stages; use some of {', '.join(allowed)}")
     for arm in cfg.arms:
         if not os.path.isfile(arm):
             raise ShepherdError(f"PPO arm file not found: {arm} (key arms)")

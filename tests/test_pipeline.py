@@ -161,3 +161,20 @@ def test_prm_rounds_iterate_the_first_process_reward_arm(tmp_path):
     cfg.prm_arm = str(tmp_path / "missing.yaml")
     with pytest.raises(ShepherdError, match="key prm_arm"):
         round_arm(cfg)
+
+
+def test_an_unknown_pipeline_stage_lists_every_stage_it_can_run(tmp_path):
+    """Every stage the CLI has that runs before the PPO arms is named, import-gguf and score included."""
+    import pytest
+
+    from reward.config import load_config
+    from reward.errors import ShepherdError
+    from rl.pipeline import PipelineConfig, run
+
+    experiment = str(REPO / "configs/experiments/arith_tiny.yaml")
+    for bad in ("ppo", "nope"):
+        cfg = load_config(PipelineConfig, "pipeline", experiment, [f"experiment_file={experiment}", f"stages=[{bad}]",
+                                                                   f"output_dir={tmp_path}"])
+        with pytest.raises(ShepherdError, match=f"unknown stage '{bad}' in key stages; use some of import-gguf, "
+                                                "world, sft, .*score, verify, eval-prm$"):
+            run(cfg)
