@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from tqdm import tqdm
 
 from reward.config import GenerationConfig, StageConfig
+from reward.errors import ShepherdError
 from reward.generation import Generator, load_generator
 from reward.shards import ChunkedJsonl
 from reward.stage import stage_main
@@ -27,6 +28,10 @@ class SampleConfig(StageConfig):
     num_problems: int = 256
     samples_per_problem: int = 16
     temperature: float = 1.0
+    # Also write each problem's reference solution (the data set's worked solution; arith: the solver's)
+    # as one more graded record (`reference: true`, not counted in the accuracy): a policy too weak to
+    # solve the problems (SmolLM2-135M on GSM8K) then still gives annotation right steps to label.
+    include_reference: bool = False
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
 
@@ -35,42 +40,56 @@ def problem_record(problem: Problem) -> dict[str, Any]:
 
 
 def sample_and_grade(generator: Generator, task: Task, problems: list[Problem], n: int, temperature: float,
-                     seed: int, progress: bool = False) -> list[list[dict[str, Any]]]:
-    """Per problem, n graded samples (one record each), in one batched generation call."""
+                     seed: int, progress: bool = False, reference: bool = False) -> list[list[dict[str, Any]]]:
+    """Per problem, n graded samples (one record each), in one batched generation call; with `reference`,
+    the problem's reference solution graded as one more record."""
     prompts = [task.format_prompt(p.question, generator.tokenizer) for p in problems]
     samples = generator.generate(prompts, n=n, temperature=temperature, seed=seed, progress=progress)
     out = []
     for p, group in zip(problems, samples):
         out.append([{"id": f"{p.id}-{j}", **problem_record(p), "sample_index": j, "solution": s.text,
                      "finished": s.finished, **task.grade(p, s.text)} for j, s in enumerate(group)])
+        if reference:
+            text = task.reference_solution(p) or ""
+            out[-1].append({"id": f"{p.id}-ref", **problem_record(p), "sample_index": -1, "solution": text,
+                            "finished": True, "reference": True, **task.grade(p, text)})
     return out
 
 
 def run(cfg: DictConfig) -> dict:
     task = load_task(cfg.task)
     problems = task.problems(cfg.split, cfg.num_problems, seed=cfg.seed)
+    missing = [p.id for p in problems if cfg.include_reference and not task.reference_solution(p)]
+    if missing:
+        raise ShepherdError(f"problem {missing[0]} has no reference solution (key include_reference)")
     path = os.path.join(cfg.output_dir, "samples.jsonl")
     n = cfg.samples_per_problem
     per_chunk = max(1, cfg.generation.batch_size // n)
     chunks = [problems[i: i + per_chunk] for i in range(0, len(problems), per_chunk)]
 
-    out = ChunkedJsonl(path, [[p.id for p in chunk] for chunk in chunks], per_id=n, key="problem_id")
+    out = ChunkedJsonl(path, [[p.id for p in chunk] for chunk in chunks], per_id=n + cfg.include_reference,
+                       key="problem_id")
     todo = out.todo()
     generator = load_generator(cfg.policy, cfg.generation) if todo else None
     for c in tqdm(todo, desc="sample", disable=out.rank != 0):
-        groups = sample_and_grade(generator, task, chunks[c], n, cfg.temperature, seed=cfg.seed * 1000003 + c)
+        groups = sample_and_grade(generator, task, chunks[c], n, cfg.temperature, seed=cfg.seed * 1000003 + c,
+                                  reference=cfg.include_reference)
         out.append([r for g in groups for r in g])
     return summarize(out.finish(), n)
 
 
 def summarize(records: list[dict[str, Any]], n: int) -> dict[str, Any]:
-    """Accuracy, format errors and (with an oracle) right answers reached through a wrong step."""
+    """Accuracy, format errors and (with an oracle) right answers reached through a wrong step, of the
+    policy's samples (reference solutions only counted)."""
+    references = sum(bool(r.get("reference")) for r in records)
+    records = [r for r in records if not r.get("reference")]
     right = [r for r in records if r["correct"]]
     metrics = {
         "samples": len(records), "problems": len({r["problem_id"] for r in records}), "samples_per_problem": n,
         "accuracy": _mean([r["correct"] for r in records]),
         "format_error_rate": _mean([not r["well_formed"] for r in records]),
         "mean_steps": _mean([len(r["steps"]) for r in records]),
+        **({"references": references} if references else {}),
     }
     if records and "first_error" in records[0]:
         metrics["right_answer_wrong_step"] = _mean([r["first_error"] is not None for r in right])

@@ -167,7 +167,8 @@ def load_or_sample(cfg: DictConfig, task: Any) -> list[list[dict[str, Any]]]:
     if cfg.samples:
         by_problem: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for r in read_jsonl(cfg.samples, required=("problem_id", "question", "solution", "correct")):
-            by_problem[r["problem_id"]].append(r)
+            if not r.get("reference"):  # a data set's own solution is no candidate of the policy's
+                by_problem[r["problem_id"]].append(r)
         groups = [g[: cfg.n] for g in by_problem.values() if len(g) >= cfg.n]
         if not groups:
             raise ShepherdError(f"{cfg.samples}: no problem has n={cfg.n} solutions (key n)")

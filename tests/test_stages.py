@@ -65,6 +65,23 @@ def test_sample_records_and_resume_after_a_kill(tiny_world, tmp_path):
     assert (killed / "samples.jsonl").read_text() == before
 
 
+def test_sample_with_reference_solutions(tiny_world, tmp_path):
+    """include_reference: each problem's reference solution as one more graded record, the policy's own
+    samples and accuracy unchanged (same seeds), so annotation has right steps even for a weak policy."""
+    policy = tiny_world / "policy"
+    plain = _sample(policy, tmp_path / "plain", n_problems=6)
+    with_ref = sample_main([f"policy={policy}", f"output_dir={tmp_path / 'ref'}", "num_problems=6",
+                            "samples_per_problem=4", "generation.batch_size=16", "split=train", "seed=3",
+                            "include_reference=true"])
+    records = read_jsonl(str(tmp_path / "ref" / "samples.jsonl"))
+    refs = [r for r in records if r.get("reference")]
+    assert len(records) == 30 and len(refs) == 6 and with_ref["references"] == 6
+    assert all(r["correct"] and r["first_error"] is None and r["id"].endswith("-ref") for r in refs)
+    own = [(r["id"], r["solution"]) for r in records if not r.get("reference")]
+    assert own == [(r["id"], r["solution"]) for r in read_jsonl(str(tmp_path / "plain" / "samples.jsonl"))]
+    assert with_ref["accuracy"] == plain["accuracy"] and with_ref["samples"] == plain["samples"] == 24
+
+
 def test_eval_stage(tiny_world, tmp_path):
     metrics = eval_main([f"policy={tiny_world / 'policy'}", f"output_dir={tmp_path}", "num_problems=20",
                          "samples_per_problem=4"])

@@ -109,6 +109,9 @@ class ArithTask(Task):
         suffix = f" mod {self.modulus}" if self.form == "modular" else ""
         return f"Compute {expr}{suffix}."
 
+    def reference_solution(self, problem: Problem) -> str | None:
+        return self.join_steps(self.solve(problem))
+
     def solve(self, problem: Problem, rule: str = "none") -> list[str]:
         """The solution's steps, right or (with `rule`) systematically wrong."""
         operands, ops = problem.meta["operands"], problem.meta["ops"]

@@ -78,6 +78,10 @@ class Task:
     def join_steps(self, steps: list[str]) -> str:
         return "\n".join(steps)
 
+    def reference_solution(self, problem: Problem) -> str | None:
+        """The data set's own worked solution (GSM8K, MATH), None where there is none."""
+        return problem.meta.get("solution") or None
+
     def first_error(self, problem: Problem, solution: str) -> int | None:
         """The oracle: index of the first wrong step, or None when every step is right."""
         raise NotImplementedError(f"task '{self.name}' has no oracle of step correctness")
