@@ -13,7 +13,7 @@ import pytest
 import yaml
 from omegaconf import OmegaConf
 
-from reward.io import read_jsonl, write_jsonl_atomic
+from reward.io import read_jsonl
 from reward.tasks import STEP_TAG, load_task
 
 from .conftest import REPO, SHARED_DATA
@@ -49,8 +49,8 @@ def tiny_experiment(tmp_path: Path, model: Path) -> tuple[Path, Path]:
         "base": str(EXPERIMENT),
         "task": {"path": str(SHARED_DATA / "gsm8k")},
         "sample": {"output_dir": f"{out}/sample", "policy": m, "num_problems": 2, "samples_per_problem": 2,
-                   "generation": {"max_new_tokens": 64}},
-        "annotate": {"output_dir": f"{out}/annotate", "input": f"{out}/with_gold.jsonl", "completer": m,
+                   "include_reference": True, "generation": {"max_new_tokens": 64}},
+        "annotate": {"output_dir": f"{out}/annotate", "input": f"{out}/sample/samples.jsonl", "completer": m,
                      "n_completions": 2, "generation": {"max_new_tokens": 32}},
         "train_prm": {"output_dir": f"{out}/train-prm", "data": f"{out}/annotate/stepwise.jsonl", "init": m,
                       "val_share": 0.5, "train": {"steps": 2, "batch_size": 2, "warmup_steps": 0}},
@@ -84,22 +84,6 @@ def tiny_arm(tmp_path: Path, config: Path, out: Path, kind: str) -> Path:
     return path
 
 
-def with_gold_solutions(samples: Path, task, path: Path) -> list[dict]:
-    """The policy's samples plus each problem's reference solution, graded like a sample. SmolLM2-135M
-    gets almost every GSM8K problem wrong, so a handful of its samples alone may leave every label 0;
-    the reference solutions make sure both labels occur (their last steps are right by construction)."""
-    records = read_jsonl(str(samples))
-    gold = []
-    for pid in dict.fromkeys(r["problem_id"] for r in records):
-        first = next(r for r in records if r["problem_id"] == pid)
-        problem = next(p for p in task.problems("train") if p.id == pid)
-        solution = problem.meta["solution"]
-        gold.append({**first, "id": f"{pid}-gold", "solution": solution, "finished": True,
-                     **task.grade(problem, solution)})
-    write_jsonl_atomic(str(path), records + gold)
-    return gold
-
-
 @pytest.mark.slow
 def test_smollm2_through_every_stage(smollm2, tmp_path, one_torch_thread):
     need_data()
@@ -118,15 +102,15 @@ def test_smollm2_through_every_stage(smollm2, tmp_path, one_torch_thread):
     # sample: real chat-templated generations, graded, split into free-form steps
     m = sample_main(args)
     samples = read_jsonl(str(out / "sample" / "samples.jsonl"))
-    assert m["samples"] == 4 and len(samples) == 4
+    assert m["samples"] == 4 and m["references"] == 2 and len(samples) == 6
     assert all(r["steps"] and all(s.strip() == s and s for s in r["steps"]) for r in samples)
     assert all(task.gold_steps(next(p for p in task.problems("train", 2) if p.id == r["problem_id"])) <= 2
                for r in samples)  # the experiment's max_gold_steps filter
     assert not any("<|im_" in r["solution"] for r in samples)  # the chat template's markers are not text
 
-    # annotate: Monte-Carlo labels with the completer; mixed labels (see with_gold_solutions)
-    gold = with_gold_solutions(out / "sample" / "samples.jsonl", task, out / "with_gold.jsonl")
-    assert all(g["correct"] for g in gold)
+    # annotate: Monte-Carlo labels with the completer; mixed labels: SmolLM2-135M gets almost every
+    # problem wrong, the reference solutions (include_reference) are right by construction
+    assert all(r["correct"] for r in samples if r.get("reference"))
     m = annotate_main(args)
     rows = read_jsonl(str(out / "annotate" / "stepwise.jsonl"))
     assert m["solutions"] == 6 and len(rows) == 6
