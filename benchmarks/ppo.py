@@ -41,7 +41,8 @@ from rl.sft import ModelConfig
 from rl.world import save_random_policy
 
 REPO = Path(__file__).resolve().parents[1]
-EXPERIMENT = REPO / "configs" / "experiments" / "arith_tiny_ppo_orm.yaml"
+EXPERIMENT = REPO / "configs" / "experiments" / "arith_tiny.yaml"
+ARM = ["arm=orm"]
 ITERATIONS = 3  # the first is warm-up; the median of the others is reported
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
@@ -50,7 +51,7 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 def ours_seconds(args: argparse.Namespace, policy: str, orm: str, out: str) -> float:
     """`python -m rl.ppo` as a user runs it (one process, ZeRO-2 config); its log's `seconds` per update
     covers rollout, scoring and the PPO epochs (not the evaluations and checkpoint around them)."""
-    cmd = [sys.executable, "-m", "rl.ppo", "--config", str(EXPERIMENT), f"policy={policy}", f"reward.model={orm}",
+    cmd = [sys.executable, "-m", "rl.ppo", "--config", str(EXPERIMENT), *ARM, f"policy={policy}", f"reward.model={orm}",
            f"output_dir={out}", f"ppo.updates={ITERATIONS}", f"ppo.prompts_per_update={args.prompts}",
            f"ppo.samples_per_prompt={args.samples}", f"ppo.minibatch_size={args.minibatch}",
            f"ppo.epochs={args.epochs}", f"ppo.max_new_tokens={args.max_new_tokens}", "ppo.temperature=1.0",
@@ -102,7 +103,7 @@ def trl_seconds(args: argparse.Namespace, policy: str, orm: str, out: str) -> fl
     from trl.experimental.ppo import PPOConfig as TRLConfig, PPOTrainer
 
     rollouts = args.prompts * args.samples
-    cfg = load_config(PPOConfig, "ppo", str(EXPERIMENT), [])
+    cfg = load_config(PPOConfig, "ppo", str(EXPERIMENT), ARM)
     task = load_task(cfg.task)
     tok = load_tokenizer(policy, "policy")
     tok.padding_side = "left"  # TRL generates from left-padded queries
@@ -146,7 +147,7 @@ def memory_worker(policy: str, stage: int, report: str) -> None:
     rank, world, device = engines.init_distributed()
     cfg = engines.ds_config(str(REPO / f"configs/deepspeed/zero{stage}.json"), 1, 1.0, world, train=True)
     actor = engines.build(lambda: load_causal_lm(policy, "policy", device="cpu"), cfg, 1e-4, device)
-    task = load_task(load_config(PPOConfig, "ppo", str(EXPERIMENT), []).task)
+    task = load_task(load_config(PPOConfig, "ppo", str(EXPERIMENT), ARM).task)
     prompt = task.format_prompt(task.problems("train", 1)[0].question)
     ids = load_tokenizer(policy, "policy")([prompt], return_tensors="pt")["input_ids"].to(device)
     actor.backward(actor(input_ids=ids, labels=ids).loss)

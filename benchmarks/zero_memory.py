@@ -1,7 +1,7 @@
 """GPU memory of the four PPO models under ZeRO-2 and ZeRO-3, from the ZeRO paper's formulas
 (Rajbhandari et al. 2020) and the activation estimate of Korthikanti et al. 2022, for our PPO recipe.
 
-    python benchmarks/zero_memory.py                       # Mistral-7B, 8 GPUs, gsm8k_mistral7b_ppo_prm.yaml
+    python benchmarks/zero_memory.py                       # Mistral-7B, 8 GPUs, gsm8k_mistral7b.yaml (arm prm)
     python benchmarks/zero_memory.py --params 1.5e9 --layers 28 --hidden 1536 --vocab 151936 --gpus 4
 
 Per GPU, in GB (1e9 bytes), bf16 weights with fp32 Adam (mixed precision: 2 + 2 + 12 bytes a parameter):
@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--hidden", type=int, default=4096)
     ap.add_argument("--vocab", type=int, default=32000)
     ap.add_argument("--gpus", type=int, default=8)
-    ap.add_argument("--micro_batch", type=int, default=8)  # ppo.minibatch_size of gsm8k_mistral7b_ppo_prm.yaml
+    ap.add_argument("--micro_batch", type=int, default=8)  # ppo.minibatch_size of gsm8k_mistral7b.yaml (arm prm)
     ap.add_argument("--prompt_len", type=int, default=256)
     ap.add_argument("--new_tokens", type=int, default=512)  # ppo.max_new_tokens
     a = ap.parse_args()

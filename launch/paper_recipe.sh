@@ -10,8 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EXP=configs/experiments/gsm8k_mistral7b.yaml
-out() { python -c "from reward.config import stage_output_dir as d; import sys; print(d(sys.argv[1], sys.argv[2]))" "$@"; }
-done_() { [[ -f "$(out "$1" "$2")/metrics.json" ]]; }
+out() { python -c "from reward.config import stage_output_dir as d; import sys; print(d(*sys.argv[1:]))" "$@"; }
+done_() { [[ -f "$(out "$@")/metrics.json" ]]; }
 
 for stage in sample annotate; do                    # a vLLM engine per GPU, each rank taking its share of the chunks
     done_ $EXP $stage || (source launch/deepspeed_run.sh && deepspeed_run reward.$stage --config $EXP)
@@ -22,9 +22,7 @@ for stage in verify eval-prm; do
     done_ $EXP $stage || shepherd $stage --config $EXP
 done
 for arm in prm orm; do
-    cfg=configs/experiments/gsm8k_mistral7b_ppo_$arm.yaml
-    done_ $cfg ppo || bash launch/ppo.sh $cfg resume=true
+    done_ $EXP ppo $arm || bash launch/ppo.sh $EXP arm=$arm resume=true
 done
 shepherd report $(for s in sample annotate train-prm train-orm verify eval-prm; do out $EXP $s; done) \
-    "$(out configs/experiments/gsm8k_mistral7b_ppo_prm.yaml ppo)" "$(out configs/experiments/gsm8k_mistral7b_ppo_orm.yaml ppo)" \
-    output_dir=outputs/gsm8k_mistral7b/report experiment=gsm8k_mistral7b
+    "$(out $EXP ppo prm)" "$(out $EXP ppo orm)" output_dir=outputs/gsm8k_mistral7b/report experiment=gsm8k_mistral7b

@@ -2,8 +2,8 @@
 # Step-by-step PPO of an experiment with the deepspeed launcher; the ZeRO stage is the config's
 # `deepspeed` key (DS_CONFIG overrides it).
 #
-#   launch/ppo.sh configs/experiments/gsm8k_mistral7b_ppo_prm.yaml [key=value ...]
-#   NUM_GPUS=4 launch/ppo.sh EXPERIMENT.yaml ppo.updates=50
+#   launch/ppo.sh configs/experiments/gsm8k_mistral7b.yaml arm=prm [key=value ...]
+#   NUM_GPUS=4 launch/ppo.sh EXPERIMENT.yaml arm=orm ppo.updates=50
 #   HOSTFILE=launch/hostfile.example launch/ppo.sh EXPERIMENT.yaml
 set -euo pipefail
 config=${1:?usage: launch/ppo.sh EXPERIMENT.yaml [key=value ...]}

@@ -4,6 +4,11 @@ An experiment file holds shared top-level keys (``experiment``, ``seed``, ``task
 stage (``world:``, ``sample:``, ``train_prm:`` ...). A stage's config is its dataclass defaults, then the
 shared keys, then its section, then ``key=value`` overrides from the command line; struct mode makes
 any unknown key an error that names the key and the closest valid one.
+
+The PPO arms of an experiment (PRM, ORM, rule reward ...) differ in a few keys, so they are named
+override sets of the ``ppo:`` section under the top-level key ``arms`` (an arm may ``extends:`` another)
+rather than files: ``shepherd ppo --config FILE arm=prm`` is the ``ppo:`` section with arm ``prm`` over it,
+written to ``outputs/<experiment>/ppo-prm`` unless the arm names its own ``output_dir``.
 """
 from __future__ import annotations
 
@@ -25,6 +30,8 @@ STAGES = (
 )
 SHARED_KEYS = ("experiment", "seed", "task")
 BASE_KEY = "base"  # `base: other.yaml`: this file's keys override that file's (a path relative to this file)
+ARMS_KEY = "arms"  # arm name -> overrides of the `ppo:` section
+EXTENDS_KEY = "extends"  # inside an arm: the arm whose overrides this one's go over
 
 
 def section_name(stage: str) -> str:
@@ -123,11 +130,40 @@ def default_output_dir(experiment: str, stage: str) -> str:
     return os.path.join("outputs", experiment, stage)
 
 
-def stage_output_dir(config_file: str, stage: str) -> str:
-    """Where a stage of an experiment writes, without building its config (same rule as load_config)."""
+def arm_overrides(raw: DictConfig, arm: str, where: str, key: str = "arm") -> DictConfig:
+    """The overrides of arm `arm` over the `ppo:` section, its `extends` chain merged (the named arm last)."""
+    arms = raw.get(ARMS_KEY) or {}
+    chain: list[str] = []
+    name = arm
+    while name:
+        if name not in arms:
+            known = ", ".join(str(k) for k in arms) or "none"
+            raise ShepherdError(f"unknown arm '{name}' (key {key}) in {where}; its arms: {known}")
+        if name in chain:
+            raise ShepherdError(f"arm '{name}' in {where} extends itself (key {ARMS_KEY}.{name}.{EXTENDS_KEY})")
+        chain.append(name)
+        name = str(arms[name].get(EXTENDS_KEY) or "")
+    merged = OmegaConf.create({})
+    for name in reversed(chain):
+        body = OmegaConf.masked_copy(arms[name], [k for k in arms[name] if k != EXTENDS_KEY])
+        merged = OmegaConf.merge(merged, body)
+    return merged
+
+
+def arm_names(config_file: str) -> list[str]:
+    """The arms an experiment file (with its `base` chain) declares, in file order."""
+    return [str(k) for k in (load_experiment(config_file).get(ARMS_KEY) or {})]
+
+
+def stage_output_dir(config_file: str, stage: str, arm: str = "") -> str:
+    """Where a stage (or a PPO arm) of an experiment writes, without building its config (load_config's rule)."""
     raw = load_experiment(config_file)
+    experiment = str(raw.get("experiment", "default"))
+    if arm:
+        placed = OmegaConf.merge(raw, {"arm_": arm_overrides(raw, arm, config_file)})  # interpolations resolve in the file
+        return str(placed.arm_.get("output_dir") or default_output_dir(experiment, f"{stage}-{arm}"))
     section = raw.get(section_name(stage)) or {}
-    return str(section.get("output_dir") or default_output_dir(str(raw.get("experiment", "default")), stage))
+    return str(section.get("output_dir") or default_output_dir(experiment, stage))
 
 
 def load_config(schema: type, stage: str, config_file: str | None = None, overrides: list[str] | None = None) -> DictConfig:
@@ -138,7 +174,7 @@ def load_config(schema: type, stage: str, config_file: str | None = None, overri
         if not os.path.isfile(config_file):
             raise ShepherdError(f"config file not found: {config_file}")
         raw = load_experiment(config_file)
-        sections = {section_name(s) for s in STAGES}
+        sections = {section_name(s) for s in STAGES} | {ARMS_KEY}
         shared = {}
         for key, value in raw.items():
             if key in sections:
@@ -152,13 +188,25 @@ def load_config(schema: type, stage: str, config_file: str | None = None, overri
         cfg = _merge(cfg, OmegaConf.create(shared), config_file)
         if section_name(stage) in raw:
             cfg = _merge(cfg, raw[section_name(stage)], f"{config_file} (section '{section_name(stage)}')")
+    dotlist = OmegaConf.create({})
     if overrides:
         bad = [o for o in overrides if "=" not in o]
         if bad:
             raise ShepherdError(f"override '{bad[0]}' is not of the form key=value")
-        cfg = _merge(cfg, OmegaConf.from_dotlist(list(overrides)), "command-line overrides")
+        dotlist = OmegaConf.from_dotlist(list(overrides))
+    arm = str(dotlist.get("arm") or cfg.get("arm") or "")
+    if arm:
+        if "arm" not in cfg:
+            raise ShepherdError(f"stage {stage} has no arms (key arm); arms are PPO's")
+        if not config_file:
+            raise ShepherdError(f"arm '{arm}' needs the experiment file that declares it: --config FILE")
+        body = arm_overrides(raw, arm, config_file)
+        cfg = _merge(cfg, body, f"{config_file} (arm '{arm}')")
+        if "output_dir" not in body:  # each arm its own folder, not the section's
+            cfg.output_dir = ""
+    cfg = _merge(cfg, dotlist, "command-line overrides")
     if not cfg.output_dir:
-        cfg.output_dir = default_output_dir(cfg.experiment, stage)
+        cfg.output_dir = default_output_dir(cfg.experiment, f"{stage}-{arm}" if arm else stage)
     try:
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as e:

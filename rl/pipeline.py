@@ -23,7 +23,7 @@ from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from reward.config import StageConfig, load_experiment, stage_output_dir
+from reward.config import ARMS_KEY, StageConfig, arm_names, arm_overrides, load_experiment, stage_output_dir
 from reward.errors import ShepherdError
 from reward.stage import stage_main
 
@@ -45,14 +45,14 @@ class LaunchConfig(StageConfig):
 class PipelineConfig(LaunchConfig):
     experiment_file: str = ""  # set from --config
     stages: list[str] = field(default_factory=lambda: list(REWARD_STAGES))
-    arms: list[str] = field(default_factory=list)  # experiment files with a `ppo:` section (paths from the repo root)
+    arms: list[str] = field(default_factory=list)  # names under the file's `arms:` to run; empty: all of them
     seeds: list[int] = field(default_factory=lambda: [0])  # every arm runs once per seed: <arm output_dir>/seed<N>
     report: bool = True
     # Rounds 2..prm_rounds of PRM labels on the PRM arm's own mistakes: `shepherd prm-round` on the
     # policy of its first seed (into the prm_round section's output_dir + <r>), then that arm again over the seeds with
     # the new PRM (into <arm output_dir>-r<r>/seed<N>). 1: the arms' PRM only.
     prm_rounds: int = 1
-    prm_arm: str = ""  # the arm the rounds retrain; empty: the first arm whose reward.type is prm or prm_min
+    prm_arm: str = ""  # the arm (a name) the rounds retrain; empty: the first arm whose reward.type is prm or prm_min
 
 
 def arm_runs(out_dir: str, seeds: list[int]) -> list[tuple[int, str]]:
@@ -104,16 +104,27 @@ def run_stage(stage: str, config_file: str, out_dir: str, extra: list[str], num_
     return time.time() - started
 
 
+def pipeline_arms(cfg: DictConfig) -> list[str]:
+    """The arms to run: the names in key arms (each declared in the file), else every arm of the file."""
+    declared = arm_names(cfg.experiment_file)
+    unknown = [a for a in cfg.arms if a not in declared]
+    if unknown:
+        raise ShepherdError(f"unknown arm '{unknown[0]}' in key arms; {cfg.experiment_file} declares "
+                            f"{', '.join(declared) or f'none (top-level key {ARMS_KEY})'}")
+    return list(cfg.arms) or declared
+
+
 def round_arm(cfg: DictConfig) -> str:
     """The arm whose policy each PRM round labels and which reruns with that round's PRM."""
     from rl.rewards import RewardConfig
 
+    raw = load_experiment(cfg.experiment_file)
     if cfg.prm_arm:
-        if not os.path.isfile(cfg.prm_arm):
-            raise ShepherdError(f"PPO arm file not found: {cfg.prm_arm} (key prm_arm)")
+        arm_overrides(raw, cfg.prm_arm, cfg.experiment_file, "prm_arm")  # an unknown name: an error naming the arms
         return cfg.prm_arm
-    for arm in cfg.arms:
-        if OmegaConf.select(load_experiment(arm), "ppo.reward.type", default=RewardConfig.type) in ("prm", "prm_min"):
+    section = OmegaConf.select(raw, "ppo.reward.type", default=RewardConfig.type)
+    for arm in pipeline_arms(cfg):
+        if OmegaConf.select(arm_overrides(raw, arm, cfg.experiment_file), "reward.type", default=section) in ("prm", "prm_min"):
             return arm
     raise ShepherdError("prm_rounds > 1 needs an arm with reward.type prm or prm_min (key arms or prm_arm)")
 
@@ -128,7 +139,7 @@ def prm_rounds(cfg: DictConfig) -> list[str]:
     if cfg.prm_rounds <= 1:
         return []
     arm = round_arm(cfg)
-    arm_out, seeds = stage_output_dir(arm, "ppo"), list(cfg.seeds)
+    arm_out, seeds = stage_output_dir(cfg.experiment_file, "ppo", arm), list(cfg.seeds)
     policy, rounds, runs = os.path.join(arm_runs(arm_out, seeds)[0][1], "policy"), [], []
     for r in range(2, cfg.prm_rounds + 1):
         round_out = stage_output_dir(cfg.experiment_file, "prm-round") + str(r)
@@ -137,8 +148,8 @@ def prm_rounds(cfg: DictConfig) -> list[str]:
         rounds.append(round_out)
         round_runs = arm_runs(f"{arm_out}-r{r}", seeds)
         for seed, out in round_runs:
-            run_stage("ppo", arm, out, [f"seed={seed}", "resume=true", f"reward.model={round_out}/train-prm/model"],
-                      cfg.num_gpus, cfg.hostfile)
+            run_stage("ppo", cfg.experiment_file, out, [f"arm={arm}", f"seed={seed}", "resume=true",
+                                                        f"reward.model={round_out}/train-prm/model"], cfg.num_gpus, cfg.hostfile)
             runs.append(out)
         policy = os.path.join(round_runs[0][1], "policy")
     return runs
@@ -153,17 +164,16 @@ def run(cfg: DictConfig) -> dict:
     unknown = [s for s in cfg.stages if s not in allowed]
     if unknown:
         raise ShepherdError(f"unknown stage '{unknown[0]}' in key stages; use some of {', '.join(allowed)}")
-    for arm in cfg.arms:
-        if not os.path.isfile(arm):
-            raise ShepherdError(f"PPO arm file not found: {arm} (key arms)")
+    arms = pipeline_arms(cfg)
     seconds: dict[str, float] = {}
     for stage in cfg.stages:
         seconds[stage] = run_stage(stage, cfg.experiment_file, stage_output_dir(cfg.experiment_file, stage), [],
                                    cfg.num_gpus, cfg.hostfile)
     runs = []
-    for arm in cfg.arms:
-        for seed, out in arm_runs(stage_output_dir(arm, "ppo"), list(cfg.seeds)):
-            seconds[out] = run_stage("ppo", arm, out, [f"seed={seed}", "resume=true"], cfg.num_gpus, cfg.hostfile)
+    for arm in arms:
+        for seed, out in arm_runs(stage_output_dir(cfg.experiment_file, "ppo", arm), list(cfg.seeds)):
+            seconds[out] = run_stage("ppo", cfg.experiment_file, out, [f"arm={arm}", f"seed={seed}", "resume=true"],
+                                     cfg.num_gpus, cfg.hostfile)
             runs.append(out)
     runs += prm_rounds(cfg)
     if cfg.report:

@@ -1,7 +1,7 @@
 """`shepherd ppo`: step-by-step PPO under DeepSpeed ZeRO, the PRM rewarding every step of a rollout.
 
-    shepherd ppo --config configs/experiments/arith_tiny_ppo_prm.yaml
-    deepspeed --num_gpus 8 --module rl.ppo --config configs/experiments/gsm8k_mistral7b_ppo_prm.yaml
+    shepherd ppo --config configs/experiments/arith_tiny.yaml arm=prm
+    deepspeed --num_gpus 8 --module rl.ppo --config configs/experiments/gsm8k_mistral7b.yaml arm=prm
 
 One update, top to bottom (CleanRL's order): sample rollouts from the actor; score them (reward
 placement in `rl.rewards`); log-probs of actor and reference, values of the critic; per-token rewards
@@ -71,6 +71,7 @@ class PPOHyper:
 
 @dataclass
 class PPOConfig(StageConfig):
+    arm: str = ""  # a name under the experiment file's `arms:`: its overrides go over this section
     policy: str = ""  # the SFT policy folder: actor and reference start here
     critic_init: str = "policy"  # policy | reward | a model folder
     reward: RewardConfig = field(default_factory=RewardConfig)

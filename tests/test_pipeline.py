@@ -39,13 +39,8 @@ def mini_experiment(tmp_path):
         "prm_round": {"output_dir": f"{out}/prm-round"},
         "pipeline": {"output_dir": f"{out}/report", "seeds": [0]},
     }
-    arms = []
-    for kind in ("prm", "orm", "rule"):
-        arm = tmp_path / f"mini_ppo_{kind}.yaml"
-        reward = {"type": kind} | ({"model": f"{out}/train-{kind}/model"} if kind != "rule" else {})
-        arm.write_text(yaml.safe_dump({"base": "mini.yaml", "ppo": {"output_dir": f"{out}/ppo-{kind}", "reward": reward}}))
-        arms.append(str(arm))
-    base["pipeline"]["arms"] = arms
+    base["arms"] = {kind: {"output_dir": f"{out}/ppo-{kind}", "reward": {"type": kind} | (
+        {"model": f"{out}/train-{kind}/model"} if kind != "rule" else {})} for kind in ("prm", "orm", "rule")}
     (tmp_path / "mini.yaml").write_text(yaml.safe_dump(base))
     return tmp_path / "mini.yaml", out
 
@@ -150,17 +145,20 @@ def test_prm_rounds_iterate_the_first_process_reward_arm(tmp_path):
 
     from reward.config import load_config
     from reward.errors import ShepherdError
-    from rl.pipeline import PipelineConfig, round_arm
+    from rl.pipeline import PipelineConfig, pipeline_arms, round_arm
 
     config, _ = mini_experiment(tmp_path)
     cfg = load_config(PipelineConfig, "pipeline", str(config), [f"experiment_file={config}"])
-    assert round_arm(cfg).endswith("mini_ppo_prm.yaml")  # arms: prm, orm, rule
-    cfg.arms = [a for a in cfg.arms if not a.endswith("mini_ppo_prm.yaml")]
+    assert round_arm(cfg) == "prm"  # arms: prm, orm, rule
+    cfg.arms = ["orm", "rule"]
     with pytest.raises(ShepherdError, match="prm_rounds > 1 needs an arm"):
         round_arm(cfg)
-    cfg.prm_arm = str(tmp_path / "missing.yaml")
-    with pytest.raises(ShepherdError, match="key prm_arm"):
+    cfg.prm_arm = "missing"
+    with pytest.raises(ShepherdError, match=r"unknown arm 'missing' \(key prm_arm\).*arms: orm, prm, rule"):
         round_arm(cfg)
+    cfg.arms = ["prm", "nope"]
+    with pytest.raises(ShepherdError, match="unknown arm 'nope' in key arms"):
+        pipeline_arms(cfg)
 
 
 def test_an_unknown_pipeline_stage_lists_every_stage_it_can_run(tmp_path):

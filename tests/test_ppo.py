@@ -25,7 +25,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_
 
 def args(world: Path, out: Path, *extra: str) -> list[str]:
     """A few updates on 8 fixed easy prompts (every update sees the same ones, so reward can rise)."""
-    return ["--config", str(EXPERIMENTS / "arith_tiny_ppo_rule.yaml"), f"policy={world / 'policy'}",
+    return ["--config", str(EXPERIMENTS / "arith_tiny.yaml"), "arm=rule", f"policy={world / 'policy'}",
             f"output_dir={out}", "task.min_ops=2", "task.max_ops=3", "train_problems=8",
             "ppo.prompts_per_update=8", "ppo.samples_per_prompt=8", "ppo.minibatch_size=32", "ppo.lr=1e-3",
             "ppo.max_new_tokens=32", "eval_every=3", "eval_problems=8", "eval_samples=2",
@@ -163,22 +163,21 @@ def test_prm_reward_lora_actor_one_process(tiny_world, tmp_path):
     assert not any("lora" in name for name, _ in merged.named_parameters())
 
 
-@pytest.mark.parametrize("name", ["arith_tiny_ppo_prm", "arith_tiny_ppo_orm", "arith_tiny_ppo_rule",
-                                  "arith_chain_ppo_prm", "arith_chain_ppo_orm", "arith_chain_ppo_rule",
-                                  "arith_copy_ppo_prm", "arith_copy_ppo_orm", "arith_copy_ppo_rule",
-                                  "gsm8k_mistral7b_ppo_prm", "gsm8k_mistral7b_ppo_orm"])
-def test_experiment_configs_load_and_validate(name):
-    cfg = load_config(PPOConfig, "ppo", str(EXPERIMENTS / f"{name}.yaml"))
-    check(cfg, 8 if name.startswith("gsm8k") else 1, load_task(cfg.task))
-    assert cfg.reward.type in name and cfg.output_dir.endswith(name.rsplit("_", 1)[-1].replace("ppo", "ppo-"))
-    if name.startswith("arith"):  # an arm's paths follow its experiment (`${experiment}` in the shared base)
-        experiment = name.rsplit("_", 2)[0]
+@pytest.mark.parametrize("experiment", ["arith_tiny", "arith_chain", "arith_copy", "gsm8k_mistral7b"])
+@pytest.mark.parametrize("arm", ["prm", "orm", "rule"])
+def test_experiment_configs_load_and_validate(experiment, arm):
+    if experiment.startswith("gsm8k") and arm == "rule":
+        pytest.skip("the paper recipe has no rule arm")
+    cfg = load_config(PPOConfig, "ppo", str(EXPERIMENTS / f"{experiment}.yaml"), [f"arm={arm}"])
+    check(cfg, 8 if experiment.startswith("gsm8k") else 1, load_task(cfg.task))
+    assert cfg.reward.type == arm and cfg.output_dir == f"outputs/{experiment}/ppo-{arm}"
+    if experiment.startswith("arith"):  # an arm's paths follow its experiment (`${experiment}` in the shared base)
         assert cfg.experiment == experiment and cfg.policy == f"outputs/{experiment}/world/policy"
-        assert cfg.task.form == ("chain" if "chain" in name else "modular")
-        assert cfg.task.carry_rest == ("copy" in name)  # restated rests: longer solutions, more new tokens
-        assert cfg.ppo.max_new_tokens == (160 if "copy" in name else 96)
-        assert cfg.reward.prefix_min == (name == "arith_copy_ppo_prm")  # its PRM learned first-error labels
-    if name.startswith("gsm8k"):
+        assert cfg.task.form == ("chain" if "chain" in experiment else "modular")
+        assert cfg.task.carry_rest == ("copy" in experiment)  # restated rests: longer solutions, more new tokens
+        assert cfg.ppo.max_new_tokens == (160 if "copy" in experiment else 96)
+        assert cfg.reward.prefix_min == (experiment == "arith_copy" and arm == "prm")  # first-error labels
+    if experiment.startswith("gsm8k"):
         assert cfg.task.name == "gsm8k" and "zero3" in cfg.deepspeed and cfg.reward.kl_coef == 0.04
 
 
@@ -188,13 +187,13 @@ def test_bad_ppo_config_is_one_clear_error(tmp_path):
               load_task("arith"))
     with pytest.raises(ShepherdError, match="reward.model"):
         check(load_config(PPOConfig, "ppo", None, ["policy=x", "reward.type=orm"]), 1, load_task("arith"))
-    oracle = load_config(PPOConfig, "ppo", str(EXPERIMENTS / "arith_copy_ppo_prm_oracle.yaml"))
+    oracle = load_config(PPOConfig, "ppo", str(EXPERIMENTS / "arith_copy.yaml"), ["arm=prm-oracle"])
     check(oracle, 1, load_task(oracle.task))  # the diagnostic arm: the PRM arm with the oracle's step labels
     assert oracle.reward.model == "oracle" and oracle.output_dir == "outputs/arith_copy/ppo-prm-oracle"
     with pytest.raises(ShepherdError, match="task.name=arith"):
         check(oracle, 1, load_task("gsm8k"))
     with pytest.raises(ShepherdError, match="critic_init=reward"):
-        check(load_config(PPOConfig, "ppo", str(EXPERIMENTS / "arith_copy_ppo_prm_oracle.yaml"), ["critic_init=reward"]),
+        check(load_config(PPOConfig, "ppo", str(EXPERIMENTS / "arith_copy.yaml"), ["arm=prm-oracle", "critic_init=reward"]),
               1, load_task("arith"))
     with pytest.raises(ShepherdError, match="key best_metric"):
         check(load_config(PPOConfig, "ppo", None, ["policy=x", "reward.type=rule", "best_metric=reward"]), 1,

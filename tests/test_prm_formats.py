@@ -185,13 +185,13 @@ def test_unknown_format_names_the_key(tmp_path, released_prm, capsys):
 
 
 def test_paper_recipe_arm_with_the_released_prm():
-    """gsm8k_mistral7b_ppo_prm_released.yaml: the PRM arm with the released PRM read in its own format."""
+    """gsm8k_mistral7b.yaml's arm prm-released: the PRM arm with the released PRM read in its own format."""
     from reward.config import load_config
     from reward.tasks import load_task
     from rl.ppo import PPOConfig, check
 
-    base = load_config(PPOConfig, "ppo", "configs/experiments/gsm8k_mistral7b_ppo_prm.yaml")
-    arm = load_config(PPOConfig, "ppo", "configs/experiments/gsm8k_mistral7b_ppo_prm_released.yaml")
+    base = load_config(PPOConfig, "ppo", "configs/experiments/gsm8k_mistral7b.yaml", ["arm=prm"])
+    arm = load_config(PPOConfig, "ppo", "configs/experiments/gsm8k_mistral7b.yaml", ["arm=prm-released"])
     check(arm, 8, load_task(arm.task))
     assert base.reward.format == "tagged" and arm.reward.format == "math-shepherd"
     assert {k for k in arm.reward if arm.reward[k] != base.reward[k]} == {"model", "format"}

@@ -73,17 +73,6 @@ def tiny_experiment(tmp_path: Path, model: Path) -> tuple[Path, Path]:
     return config, out
 
 
-def tiny_arm(tmp_path: Path, config: Path, out: Path, kind: str) -> Path:
-    """The experiment's own PPO arm file with `base` pointed at the tiny experiment."""
-    arm = yaml.safe_load((EXPERIMENTS / f"gsm8k_smollm2_ppo_{kind}.yaml").read_text())
-    arm["base"] = str(config)
-    arm["ppo"]["output_dir"] = f"{out}/ppo-{kind}"
-    arm["ppo"]["reward"]["model"] = f"{out}/train-{kind}/model"
-    path = tmp_path / f"tiny_ppo_{kind}.yaml"
-    path.write_text(yaml.safe_dump(arm))
-    return path
-
-
 @pytest.mark.slow
 def test_smollm2_through_every_stage(smollm2, tmp_path, one_torch_thread):
     need_data()
@@ -152,8 +141,9 @@ def test_smollm2_through_every_stage(smollm2, tmp_path, one_torch_thread):
 
     # ppo: the experiment's two arms, one update each, LoRA actor, in their own processes (side by side:
     # one thread each on the 2 cores)
-    procs = {kind: subprocess.Popen([sys.executable, "-m", "rl.cli", "ppo", "--config",
-                                     str(tiny_arm(tmp_path, config, out, kind))], cwd=REPO, env=ENV,
+    procs = {kind: subprocess.Popen([sys.executable, "-m", "rl.cli", "ppo", "--config", str(config), f"arm={kind}",
+                                     f"output_dir={out}/ppo-{kind}", f"reward.model={out}/train-{kind}/model"],
+                                    cwd=REPO, env=ENV,
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for kind in ("prm", "orm")}
     for kind, proc in procs.items():
@@ -238,9 +228,8 @@ def test_experiment_and_arm_configs_validate(kind):
 
     pipe = load_config(PipelineConfig, "pipeline", str(EXPERIMENT))
     assert pipe.stages[0] == "import-gguf" and all(s in STAGES for s in pipe.stages)
-    arm = f"configs/experiments/gsm8k_smollm2_ppo_{kind}.yaml"
-    assert arm in pipe.arms
-    cfg = load_config(PPOConfig, "ppo", str(REPO / arm))
+    assert kind in pipe.arms
+    cfg = load_config(PPOConfig, "ppo", str(EXPERIMENT), [f"arm={kind}"])
     check(cfg, 1, load_task(cfg.task))
     model = f"{stage_output_dir(str(EXPERIMENT), 'import-gguf')}/model"
     assert cfg.policy == model and cfg.lora.enabled and cfg.task.chat_template and cfg.task.max_gold_steps == 2

@@ -31,7 +31,7 @@ def deepspeed_one_gpu(module: str, *args: str, timeout: int = 900) -> str:
 
 
 def ppo_args(world: Path, out: Path, *extra: str) -> list[str]:
-    return ["--config", str(REPO / "configs/experiments/arith_tiny_ppo_prm.yaml"), f"policy={world / 'policy'}",
+    return ["--config", str(REPO / "configs/experiments/arith_tiny.yaml"), "arm=prm", f"policy={world / 'policy'}",
             f"reward.model={world / 'policy'}", f"output_dir={out}", f"deepspeed={ZERO3}", "ppo.updates=2",
             "ppo.prompts_per_update=8", "ppo.samples_per_prompt=4", "ppo.minibatch_size=16", "ppo.max_new_tokens=32",
             "train_problems=16", "eval_every=1", "eval_problems=8", "eval_samples=2", "final_eval_problems=8",
