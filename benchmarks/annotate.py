@@ -16,7 +16,8 @@ import time
 
 from omegaconf import OmegaConf
 
-from reward.annotate import Completer, label_full, read_solutions
+from reward.annotate import read_solutions
+from reward.completion import Completer, label_full
 from reward.config import GenerationConfig
 from reward.generation import load_generator
 from reward.sample import main as sample_main

@@ -12,7 +12,7 @@ import io
 import os
 from typing import Any
 
-from reward.annotate import Completer, Solution, StepCounts, labels_of, label_full, run_strategy
+from reward.completion import Completer, Solution, StepCounts, labels_of, label_full, run_strategy
 from reward.errors import ShepherdError
 from reward.io import write_atomic
 from reward.tasks import Task

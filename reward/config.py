@@ -22,12 +22,27 @@ from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBase
 
 from reward.errors import ShepherdError
 
-# Names of every stage (strings only, so that `reward` never imports `rl`); a top-level mapping in an
-# experiment file must be one of these sections.
-STAGES = (
-    "import-gguf", "world", "sft", "sample", "eval", "annotate", "train-prm", "train-orm", "score", "verify",
-    "eval-prm", "ppo", "prm-round", "report", "pipeline",
-)
+# The one list of stages: stage -> (module, one-line description). Module names are strings, so that
+# `reward` never imports `rl` and a module is imported only when its stage runs; an experiment file's
+# sections are these names with `-` as `_`.
+STAGES = {
+    "import-gguf": ("reward.import_gguf", "turn a GGUF model file (default: SmolLM2-135M-Instruct) into a safetensors model folder"),
+    "world": ("rl.world", "build the embedded world: arith data, tokenizer, tiny SFT policy, its accuracy"),
+    "sft": ("rl.sft", "supervised fine-tuning of a policy on step-by-step solutions"),
+    "sample": ("reward.sample", "draw and grade solutions from a policy for a split (samples.jsonl)"),
+    "eval": ("rl.evaluate", "accuracy of a policy on a split: greedy, sampled, maj@k"),
+    "annotate": ("reward.annotate", "label every step by Monte-Carlo completions (HE, SE): Math-Shepherd data"),
+    "train-prm": ("reward.train", "train a process reward model (BCE at every step tag) under DeepSpeed"),
+    "train-orm": ("reward.train", "train an outcome reward model (one label at the last tag), same code"),
+    "score": ("reward.score", "P(correct) for every step of every solution in a jsonl (scores.jsonl)"),
+    "verify": ("reward.verify", "best-of-N with PRM / ORM / majority / confidence, pairwise accuracy, plot"),
+    "eval-prm": ("reward.eval_prm", "how well a PRM finds the first wrong step: ProcessBench F1 (arith oracle or ProcessBench)"),
+    "error-kinds": ("reward.error_kinds", "arith: the kind of each policy's first wrong step, and how often the PRM flags it"),
+    "ppo": ("rl.ppo", "step-by-step PPO under DeepSpeed ZeRO: PRM reward at every step, ORM / rule baselines"),
+    "prm-round": ("rl.prm_round", "label a PPO policy's own samples (sample, annotate) and train a PRM on every round's labels"),
+    "report": ("rl.report", "one markdown report with plots from stage and PPO run folders"),
+    "pipeline": ("rl.pipeline", "every stage of an experiment, the PPO arms over seeds, the report; skips finished stages"),
+}
 SHARED_KEYS = ("experiment", "seed", "task")
 BASE_KEY = "base"  # `base: other.yaml`: this file's keys override that file's (a path relative to this file)
 ARMS_KEY = "arms"  # arm name -> overrides of the `ppo:` section

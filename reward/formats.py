@@ -1,7 +1,7 @@
 """How a reward model reads a solution: the text it was trained on, cut where its step tags go.
 
 A format turns (question, steps) into *segments*: the reward model's input text with the step tag
-' ки' taken out, so that `f" {tag}".join(segments)` is that text and the tag after step k sits between
+' ки' taken out, so that `tag_text(tag).join(segments)` is that text and the tag after step k sits between
 segments k and k+1 (`reward.prm.encode_segments` finds the tags' token positions). Every stage that
 scores steps takes the format of its reward model from a config key (`format`, `reward.format`,
 `verify.prm_format` / `orm_format`):
@@ -15,7 +15,7 @@ A Math-Shepherd row (`input`/`label`) already is a reward-model text: it is scor
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Any, Sequence
 
 from reward.errors import ShepherdError
 from reward.tasks import STEP_TAG
@@ -23,7 +23,24 @@ from reward.tasks import STEP_TAG
 TAGGED, MATH_SHEPHERD = "tagged", "math-shepherd"
 FORMATS = (TAGGED, MATH_SHEPHERD)
 STEP_PREFIX = "Step {k}: "  # math-shepherd: what starts step k
-TAG_TEXT = f" {STEP_TAG}"  # what ends every step of a reward-model text
+
+
+def tag_text(tag: str = STEP_TAG) -> str:
+    """What ends every step of a reward-model text: a space and the tag (' ки')."""
+    return f" {tag}"
+
+
+TAG_TEXT = tag_text()
+
+
+def tag_ids(tokenizer: Any, tag: str = STEP_TAG) -> list[int]:
+    """The token ids of ' ' + tag in `tokenizer`, or [] when it cannot encode the tag (an unknown token,
+    or ids that do not decode back to it): the one check of a tokenizer against the step tag."""
+    ids = tokenizer(tag_text(tag), add_special_tokens=False)["input_ids"]
+    unk = tokenizer.unk_token_id
+    if not ids or (unk is not None and unk in ids) or tokenizer.decode(ids).strip() != tag:
+        return []
+    return ids
 
 
 def check_format(name: str, key: str) -> None:
@@ -51,4 +68,4 @@ def segments(question: str, steps: Sequence[str], fmt: str = TAGGED) -> list[str
 
 def render(question: str, steps: Sequence[str], fmt: str = TAGGED, tag: str = STEP_TAG) -> str:
     """The reward model's input text: every step followed by ' ' + tag."""
-    return f" {tag}".join(segments(question, steps, fmt))
+    return tag_text(tag).join(segments(question, steps, fmt))

@@ -33,6 +33,16 @@ def apply_lora(model: Any, settings: Any) -> Any:
                                             target_modules=list(settings.target_modules)))
 
 
+def folded_weights(model: Any) -> dict[str, torch.Tensor]:
+    """A peft LoRA model's weights with its adapters folded in, under the base model's names, the model
+    itself left as it is (it keeps training its adapters): for a vLLM engine's copy and a saved policy."""
+    config = model.peft_config["default"]
+    if getattr(config, "use_dora", False) or getattr(config, "use_rslora", False):
+        raise ValueError("only plain LoRA adapters can be folded (use_dora / use_rslora are off in LoraSettings)")
+    settings = LoraSettings(r=config.r, alpha=config.lora_alpha)
+    return merged_state_dict({k: v.detach() for k, v in model.state_dict().items()}, settings)
+
+
 def merged_state_dict(state: dict[str, torch.Tensor], settings: Any) -> dict[str, torch.Tensor]:
     """A peft LoRA model's state dict with every adapter folded in, W + (alpha / r) * B @ A, under the
     base model's own names (what peft's merge computes for plain LoRA)."""

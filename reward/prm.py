@@ -17,23 +17,21 @@ import torch
 
 from reward.batching import right_pad
 from reward.errors import ShepherdError
-from reward.formats import TAG_TEXT, TAGGED, segments
+from reward.formats import TAG_TEXT, TAGGED, segments, tag_ids, tag_text
 from reward.tasks import BAD_TOKEN, GOOD_TOKEN, STEP_TAG
 
 
 def label_token_ids(tokenizer: Any, tag: str = STEP_TAG) -> tuple[int, int, int]:
-    """Ids of the step tag and of '+' / '-': each must be one token of this tokenizer."""
-    ids = []
-    tag_text = f" {tag}"
-    for text in (tag_text, GOOD_TOKEN, BAD_TOKEN):
+    """Ids of the step tag and of '+' / '-': each must be one token of this tokenizer. A byte-level BPE,
+    or a SentencePiece tokenizer (Llama, Mistral: '▁' + '▁ки'), may split ' ки' into two tokens: the
+    tag is then its last token, the model card's encode('ки')[-1]."""
+    tag_enc = tag_ids(tokenizer, tag)
+    if not tag_enc or (len(tag_enc) > 1 and tokenizer.decode(tag_enc[-1:]).strip() != tag):
+        raise ShepherdError(f"the tokenizer has no single token for {tag_text(tag)!r}: add it (add_tokens=true)")
+    ids = [tag_enc[-1]]
+    for text in (GOOD_TOKEN, BAD_TOKEN):
         enc = tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(enc) != 1 or enc[0] == tokenizer.unk_token_id:
-            # A byte-level BPE, or a SentencePiece tokenizer (Llama, Mistral: '▁' + '▁ки'), may split
-            # ' ки' into two tokens: the tag is then its last token, the model card's encode('ки')[-1].
-            if text == tag_text and enc and tokenizer.unk_token_id not in enc and \
-                    tokenizer.decode(enc[-1:]).strip() == tag:
-                ids.append(enc[-1])
-                continue
             raise ShepherdError(f"the tokenizer has no single token for {text!r}: add it (add_tokens=true)")
         ids.append(enc[0])
     return ids[0], ids[1], ids[2]
@@ -62,7 +60,7 @@ def encode_segments(tokenizer: Any, segs: Sequence[str], tag_id: int, tag: str =
     operator), the segments are encoded one by one with the tag id between them, so every step keeps
     exactly one tag.
     """
-    ids = tokenizer(f" {tag}".join(segs))["input_ids"]
+    ids = tokenizer(tag_text(tag).join(segs))["input_ids"]
     positions = [i for i, t in enumerate(ids) if t == tag_id]
     if len(positions) != len(segs) - 1:
         ids = tokenizer(segs[0])["input_ids"]

@@ -7,7 +7,6 @@ inside `zero.Init` (through transformers' `HfDeepSpeedConfig`), so no rank ever 
 """
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
@@ -17,6 +16,7 @@ import torch
 
 from reward.distributed import free_port, init_distributed  # noqa: F401 (the engines' entry points)
 from reward.errors import ShepherdError
+from reward.lora import folded_weights
 
 
 def ds_config(path: str, micro_batch: int, grad_clip: float, world: int, train: bool) -> dict[str, Any]:
@@ -78,10 +78,11 @@ def gathered_state_dict(engine: Any) -> dict[str, torch.Tensor] | None:
 
 def save_hf(engine: Any, tokenizer: Any, out_dir: str) -> None:
     """The trained model as a safetensors folder `from_pretrained` loads; written to a sibling folder
-    and renamed, so a kill never leaves half a model. LoRA adapters are merged (ZeRO-2 only)."""
+    and renamed, so a kill never leaves half a model. LoRA adapters are folded in (ZeRO-2 only)."""
     rank0 = torch.distributed.get_rank() == 0
-    if hasattr(engine.module, "merge_and_unload"):  # peft: merge a copy, keep the engine's model as it is
-        model, state = (copy.deepcopy(engine.module).merge_and_unload() if rank0 else None), None
+    if hasattr(engine.module, "peft_config"):
+        model = engine.module.get_base_model()
+        state = folded_weights(engine.module) if rank0 else None
     else:
         model, state = engine.module, gathered_state_dict(engine)
     if rank0:

@@ -32,18 +32,31 @@ def majority_answer(answers: list[str | None]) -> str | None:
     return counts.most_common(1)[0][0] if counts else None
 
 
+def accuracy_counts(task: Task, problems: list[Problem], greedy_correct: list[bool],
+                    sampled_correct: list[list[bool]], sampled_answers: list[list[str | None]]) -> list[int]:
+    """[greedy right, sampled right, majority right, problems]: counts, so that ranks can sum them."""
+    majority = sum(task.is_equivalent(majority_answer(a), p.gold) for p, a in zip(problems, sampled_answers))
+    return [sum(greedy_correct), sum(map(sum, sampled_correct)), majority, len(problems)]
+
+
+def accuracies(counts: list[float], samples: int) -> dict[str, float]:
+    """The one definition of a policy's accuracy, for `shepherd eval` and PPO's evaluations alike:
+    greedy, sampled at the temperature (T=1 by default) and majority of `samples` (maj@k)."""
+    greedy, sampled, majority, n = (float(c) for c in counts)
+    n = max(1.0, n)
+    return {"accuracy_greedy": round(greedy / n, 4), "accuracy_t1": round(sampled / (n * samples), 4),
+            f"accuracy_maj{samples}": round(majority / n, 4)}
+
+
 def evaluate_generator(generator: Generator, task: Task, problems: list[Problem], samples: int,
                        temperature: float, seed: int) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Greedy accuracy, sampled accuracy, maj@k and format/oracle figures, plus every graded record."""
+    """The accuracies, format/oracle figures of the samples, plus every graded record."""
     greedy = sample_and_grade(generator, task, problems, 1, 0.0, seed)
     sampled = sample_and_grade(generator, task, problems, samples, temperature, seed + 1)
     flat = [r for g in sampled for r in g]
-    metrics = {f"{k}_t1" if k in ("accuracy",) else k: v for k, v in summarize(flat, samples).items()}
-    metrics["accuracy_greedy"] = sum(g[0]["correct"] for g in greedy) / len(problems)
-    metrics[f"accuracy_maj{samples}"] = sum(
-        task.is_equivalent(majority_answer([r["answer"] for r in g]), p.gold) for p, g in zip(problems, sampled)
-    ) / len(problems)
-    metrics = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+    counts = accuracy_counts(task, problems, [g[0]["correct"] for g in greedy],
+                             [[r["correct"] for r in g] for g in sampled], [[r["answer"] for r in g] for g in sampled])
+    metrics = {**{k: v for k, v in summarize(flat, samples).items() if k != "accuracy"}, **accuracies(counts, samples)}
     records = [{**g[0], "mode": "greedy"} for g in greedy] + [{**r, "mode": "sampled"} for r in flat]
     return metrics, records
 

@@ -23,11 +23,12 @@ from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from reward.config import ARMS_KEY, StageConfig, arm_names, arm_overrides, load_experiment, stage_output_dir
+from reward.config import ARMS_KEY, STAGES, StageConfig, arm_names, arm_overrides, load_experiment, stage_output_dir
 from reward.errors import ShepherdError
 from reward.stage import stage_main
 
 REWARD_STAGES = ["world", "eval", "sample", "annotate", "train-prm", "train-orm", "verify", "eval-prm"]
+AFTER_ARMS = ("error-kinds", "ppo", "prm-round", "report", "pipeline")  # not in key stages: they follow the arms
 LAUNCHED_STAGES = ("sample", "annotate", "sft", "train-prm", "train-orm", "ppo")  # under deepspeed when num_gpus > 1
 
 
@@ -64,7 +65,7 @@ def stage_command(stage: str, config_file: str, out_dir: str, extra: list[str], 
                   hostfile: str = "") -> tuple[list[str], dict[str, str]]:
     """The command and environment of one stage: `python -m rl.cli STAGE ...`, or for LAUNCHED_STAGES
     with num_gpus > 1 or a hostfile the deepspeed launcher on the stage's module."""
-    from rl.cli import PRESETS, STAGES
+    from rl.cli import PRESETS
 
     args = ["--config", config_file, f"output_dir={out_dir}", *extra]
     if stage not in LAUNCHED_STAGES or (num_gpus <= 1 and not hostfile):
@@ -156,11 +157,9 @@ def prm_rounds(cfg: DictConfig) -> list[str]:
 
 
 def run(cfg: DictConfig) -> dict:
-    from rl.cli import STAGES
-
     if not cfg.experiment_file:
         raise ShepherdError("pipeline needs the experiment file: shepherd pipeline --config FILE")
-    allowed = [s for s in STAGES if s not in ("pipeline", "ppo", "prm-round", "report")]  # those run after the stages
+    allowed = [s for s in STAGES if s not in AFTER_ARMS]
     unknown = [s for s in cfg.stages if s not in allowed]
     if unknown:
         raise ShepherdError(f"unknown stage '{unknown[0]}' in key stages; use some of {', '.join(allowed)}")

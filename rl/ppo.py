@@ -13,32 +13,32 @@ updates. The PPO math is in `rl.losses`, the engines in `rl.engines`.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from omegaconf import DictConfig
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from reward.config import GenerationConfig, StageConfig
 from reward.distributed import all_reduce_sum
 from reward.errors import ShepherdError
 from reward.generation import Generator, HFGenerator, load_causal_lm, load_tokenizer
-from reward.io import append_jsonl, read_jsonl_resumable, write_json, write_jsonl_atomic
+from reward.io import append_jsonl, read_jsonl_resumable, write_jsonl_atomic
 from reward.prm import score_steps
 from reward.stage import stage_main
 from reward.tasks import Problem, Task, load_task
-from reward.lora import LoraSettings, apply_lora
+from reward.lora import LoraSettings, apply_lora, folded_weights
 from rl import engines
-from rl.evaluate import majority_answer
+from rl.checkpoint import load_checkpoint, save_best, save_checkpoint
+from rl.evaluate import accuracies, accuracy_counts
 from rl.losses import entropy_from_logits, gae, masked_mean, policy_loss, value_loss, whiten
 from rl.rewards import (ORACLE, RewardConfig, Rollout, check_config, normalize_task_rewards, oracle_step_scores,
                         rollout_rewards, with_kl)
@@ -162,7 +162,7 @@ def build_generator(cfg: DictConfig, actor: Any, tokenizer: Any, zero3: bool, wo
     a vLLM engine per rank that holds its own copy of the weights (`sync_rollout_weights` after updates)."""
     p = cfg.ppo
     if cfg.generation.backend == "vllm":
-        from reward.generation_vllm import VLLMGenerator
+        from reward.generation.vllm import VLLMGenerator
 
         generator = VLLMGenerator(cfg.policy, cfg.generation, seed=cfg.seed * 1009 + rank)
         generator.max_new_tokens = p.max_new_tokens
@@ -174,18 +174,12 @@ def build_generator(cfg: DictConfig, actor: Any, tokenizer: Any, zero3: bool, wo
 
 def sync_rollout_weights(generator: Generator, actor: Any, zero3: bool) -> None:
     """Push the actor's weights into a vLLM engine (HF rollouts read the actor directly: nothing to do).
-    LoRA: the adapters are merged for the copy and unmerged again; ZeRO-3: the shards are gathered."""
+    LoRA: the copy gets the weights with the adapters folded in; ZeRO-3: the shards are gathered."""
     if not hasattr(generator, "load_weights"):
         return
     module = actor.module
-    if hasattr(module, "merge_adapter"):
-        module.merge_adapter()
-        try:
-            merged = {k.replace("base_model.model.", "", 1).replace(".base_layer", ""): v
-                      for k, v in module.state_dict().items() if "lora_" not in k}
-            generator.load_weights(merged.items())
-        finally:
-            module.unmerge_adapter()
+    if hasattr(module, "peft_config"):
+        generator.load_weights(folded_weights(module).items())
     elif zero3:
         import deepspeed
 
@@ -198,78 +192,24 @@ def sync_rollout_weights(generator: Generator, actor: Any, zero3: bool) -> None:
 # ----------------------------------------------------------------------------------- evaluation
 def evaluate(generator: Generator, task: Task, problems: list[Problem], samples: int, temperature: float,
              seed: int, rank: int, world: int) -> dict[str, float]:
-    """Greedy, sampled and majority accuracy, each rank on its shard (equal shard sizes keep ZeRO-3's
-    synchronised generation in step), summed over ranks."""
+    """`rl.evaluate.accuracies`, each rank on its shard (equal shard sizes keep ZeRO-3's synchronised
+    generation in step), the counts summed over ranks."""
     per = math.ceil(len(problems) / world)
     mine = problems[rank * per: (rank + 1) * per]
     real = len(mine)
     mine = mine + [problems[0]] * (per - real)  # padding rows are generated but not counted
     prompts = [task.format_prompt(p.question, generator.tokenizer) for p in mine]
-    greedy = generator.generate(prompts, 1, 0.0, seed)
-    sampled = generator.generate(prompts, samples, temperature, seed + 1)
-    counts = torch.zeros(4, dtype=torch.float64)
-    for p, g, s in list(zip(mine, greedy, sampled))[:real]:
-        counts[0] += task.is_correct(g[0].text, p.gold)
-        counts[1] += sum(task.is_correct(x.text, p.gold) for x in s) / samples
-        counts[2] += task.is_equivalent(majority_answer([task.extract_answer(x.text) for x in s]), p.gold)
-        counts[3] += 1
-    counts = all_reduce_sum(counts)
-    n = max(1.0, float(counts[3]))
-    return {"accuracy_greedy": round(float(counts[0]) / n, 4), "accuracy_t1": round(float(counts[1]) / n, 4),
-            f"accuracy_maj{samples}": round(float(counts[2]) / n, 4), "problems": int(counts[3])}
+    greedy = generator.generate(prompts, 1, 0.0, seed)[:real]
+    sampled = generator.generate(prompts, samples, temperature, seed + 1)[:real]
+    mine = mine[:real]
+    local = accuracy_counts(task, mine, [task.is_correct(g[0].text, p.gold) for p, g in zip(mine, greedy)],
+                            [[task.is_correct(x.text, p.gold) for x in s] for p, s in zip(mine, sampled)],
+                            [[task.extract_answer(x.text) for x in s] for s in sampled])
+    counts = all_reduce_sum(torch.tensor(local, dtype=torch.float64))
+    return {**accuracies(counts.tolist(), samples), "problems": int(counts[3])}
 
 
-# ----------------------------------------------------------------------------------- checkpoints
-def rng_state() -> dict[str, Any]:
-    return {"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}
-
-
-def set_rng_state(s: dict[str, Any]) -> None:
-    torch.set_rng_state(s["torch"])
-    random.setstate(s["python"])
-    np.random.set_state(s["numpy"])
-
-
-def save_checkpoint(root: str, update: int, actor: Any, critic: Any, state: dict[str, Any], rank: int) -> None:
-    """Engines (weights, optimiser, ZeRO shards) and per-rank RNG, then `latest.json` last: a kill
-    mid-save leaves the previous checkpoint in charge. Older checkpoints go only after that, and the
-    best update's actor (`state["best"]`) stays."""
-    path = os.path.join(root, f"update_{update:05d}")
-    actor.save_checkpoint(path, tag="actor", client_state=state, save_latest=False)
-    critic.save_checkpoint(path, tag="critic", save_latest=False)
-    torch.save(rng_state(), os.path.join(path, f"rng_rank{rank}.pt"))
-    torch.distributed.barrier()
-    if rank == 0:
-        write_json(os.path.join(root, "latest.json"), {"update": update, "path": path})
-        keep = {path, state.get("best", {}).get("path")}
-        for old in os.listdir(root):
-            if old.startswith(("update_", "best_")) and os.path.join(root, old) not in keep:
-                shutil.rmtree(os.path.join(root, old), ignore_errors=True)
-    torch.distributed.barrier()
-
-
-def save_best(root: str, update: int, value: float, actor: Any) -> dict[str, Any]:
-    """The actor of a new best update (engine checkpoint: the same ZeRO-2/3 and LoRA handling as resume);
-    it becomes `state["best"]` and so survives a resume once the next checkpoint records it."""
-    path = os.path.join(root, f"best_{update:05d}")
-    actor.save_checkpoint(path, tag="actor", save_latest=False)
-    torch.distributed.barrier()
-    return {"update": update, "value": value, "path": path}
-
-
-def load_checkpoint(root: str, actor: Any, critic: Any, rank: int) -> dict[str, Any] | None:
-    latest = os.path.join(root, "latest.json")
-    if not os.path.isfile(latest):
-        return None
-    with open(latest) as f:
-        path = json.load(f)["path"]
-    _, state = actor.load_checkpoint(path, tag="actor")
-    critic.load_checkpoint(path, tag="critic")
-    set_rng_state(torch.load(os.path.join(path, f"rng_rank{rank}.pt"), weights_only=False))
-    return state
-
-
-# ----------------------------------------------------------------------------------- the run
+# ----------------------------------------------------------------------------------- set-up
 def check(cfg: DictConfig, world: int, task: Task) -> None:
     check_config(cfg.reward, task.has_oracle)
     if cfg.critic_init == "reward" and cfg.reward.model == ORACLE:
@@ -316,21 +256,8 @@ def checkpointed(model: Any, on: bool) -> Any:
     return model
 
 
-def run(cfg: DictConfig) -> dict:
-    rank, world, device = engines.init_distributed()
-    task = load_task(cfg.task)
-    check(cfg, world, task)
-    p, rc = cfg.ppo, cfg.reward
-    started = time.time()
-    torch.manual_seed(cfg.seed + rank)
-    tokenizer = load_tokenizer(cfg.policy, "policy")
-    train_cfg = engines.ds_config(cfg.deepspeed, p.minibatch_size, p.max_grad_norm, world, train=True)
-    frozen_cfg = engines.ds_config(cfg.deepspeed, p.minibatch_size, p.max_grad_norm, world, train=False)
-
-    def load_actor() -> Any:
-        model = apply_lora(load_causal_lm(cfg.policy, "policy", device="cpu"), cfg.lora)
-        return checkpointed(model, p.gradient_checkpointing)
-
+def lr_decay(p: Any, world: int) -> Callable[[int], float]:
+    """Learning-rate factor per optimiser step: linear warm-up, then linear or cosine to min_lr_ratio."""
     per_rank = p.prompts_per_update // world
     total_steps = p.updates * p.epochs * math.ceil(per_rank * p.samples_per_prompt / p.minibatch_size)
 
@@ -340,147 +267,254 @@ def run(cfg: DictConfig) -> dict:
         done = min(1.0, (step - p.warmup_steps) / max(1, total_steps - p.warmup_steps))
         shape = done if p.schedule == "linear" else 0.5 * (1 - math.cos(math.pi * done))
         return 1.0 - (1.0 - p.min_lr_ratio) * shape
+    return decay
+
+
+@dataclass
+class Models:
+    """OpenRLHF's split: actor and critic train; reference and reward model only score (ref None: the
+    actor with its LoRA adapters off; rm None: rule and oracle rewards)."""
+
+    actor: Any
+    critic: Any
+    ref: Any
+    rm: Any
+    rm_tokenizer: Any
+    tokenizer: Any
+    generator: Generator
+    zero3: bool
+
+
+def build_models(cfg: DictConfig, world: int, rank: int, device: torch.device) -> Models:
+    p, rc = cfg.ppo, cfg.reward
+    tokenizer = load_tokenizer(cfg.policy, "policy")
+    train_cfg = engines.ds_config(cfg.deepspeed, p.minibatch_size, p.max_grad_norm, world, train=True)
+    frozen_cfg = engines.ds_config(cfg.deepspeed, p.minibatch_size, p.max_grad_norm, world, train=False)
+
+    def load_actor() -> Any:
+        model = apply_lora(load_causal_lm(cfg.policy, "policy", device="cpu"), cfg.lora)
+        return checkpointed(model, p.gradient_checkpointing)
+    decay = lr_decay(p, world)
     actor = engines.build(load_actor, train_cfg, p.lr, device, decay)
     critic_path = {"policy": cfg.policy, "reward": rc.model}.get(cfg.critic_init, cfg.critic_init)
     critic = engines.build(lambda: checkpointed(load_critic(critic_path), p.gradient_checkpointing), train_cfg,
                            p.critic_lr, device, decay)
     ref = None if cfg.lora.enabled else engines.build(lambda: load_causal_lm(cfg.policy, "policy", device="cpu"),
                                                      frozen_cfg, None, device)
-    rm = rm_tok = None
+    rm = rm_tokenizer = None
     if rc.type != "rule" and rc.model != ORACLE:
         rm = engines.build(lambda: load_causal_lm(rc.model, "reward.model", device="cpu"), frozen_cfg, None, device)
-        rm_tok = load_tokenizer(rc.model, "reward.model")
-
+        rm_tokenizer = load_tokenizer(rc.model, "reward.model")
     zero3 = engines.zero_stage(train_cfg) == 3
     generator = build_generator(cfg, actor, tokenizer, zero3, world, rank)
-    eos, pad = tokenizer.eos_token_id, tokenizer.pad_token_id
+    return Models(actor, critic, ref, rm, rm_tokenizer, tokenizer, generator, zero3)
 
+
+# ----------------------------------------------------------------------------------- one update
+def collect_rollouts(cfg: DictConfig, task: Task, m: Models, problems: list[Problem], update: int, rank: int,
+                     world: int) -> tuple[list[Rollout], list[list[int]]]:
+    """This rank's prompts of this update (a fixed order, so a resumed run sees the same data), sampled
+    `samples_per_prompt` times and graded; the rollouts and each one's prompt tokens."""
+    p = cfg.ppo
+    per_rank = p.prompts_per_update // world
+    start = ((update - 1) * p.prompts_per_update + rank * per_rank) % len(problems)
+    batch_problems = [problems[(start + i) % len(problems)] for i in range(per_rank)]
+    texts = [task.format_prompt(q.question, m.tokenizer) for q in batch_problems]
+    m.actor.eval()
+    m.critic.eval()
+    samples = m.generator.generate(texts, p.samples_per_prompt, p.temperature,
+                                   seed=cfg.seed * 1_000_003 + update * world + rank)
+    eos = [m.tokenizer.eos_token_id]
+    rollouts, prompt_tokens = [], []
+    for q, text, group in zip(batch_problems, texts, samples):
+        ids = prompt_ids(m.generator, text)
+        for s in group:
+            g = task.grade(q, s.text)
+            rollouts.append(Rollout(q.question, s.text, s.token_ids + (eos if s.finished else []), g["steps"],
+                                    bool(g["correct"]), g["answer"] is not None, bool(g["well_formed"]),
+                                    g.get("first_error")))
+            prompt_tokens.append(ids)
+    return rollouts, prompt_tokens
+
+
+@dataclass
+class Experience:
+    """One update's rollouts with everything the PPO epochs and the log need (OpenRLHF's name)."""
+
+    rollouts: list[Rollout]
+    batch: Batch
+    placed: list[tuple[list[float], dict[str, float]]]  # per rollout: task reward per token, what went in
+    task_rewards: torch.Tensor  # [B, R] reward model / rule rewards, no KL
+    rewards: torch.Tensor  # [B, R] with the KL penalty
+    kl: torch.Tensor
+    old_logp: torch.Tensor
+    old_values: torch.Tensor
+    advantages: torch.Tensor
+    returns: torch.Tensor
+
+
+def score_and_place(cfg: DictConfig, m: Models, rollouts: list[Rollout], prompt_tokens: list[list[int]],
+                    device: torch.device) -> tuple[Batch, list[tuple[list[float], dict[str, float]]], torch.Tensor]:
+    """Step scores (the reward model with its own tokenizer; every rank scores all of its rollouts, so
+    ZeRO-3 ranks run the same number of forward passes), placed on the policy's tokens (`rl.rewards`)."""
+    rc = cfg.reward
+    step_scores: list[list[float] | None] = [None] * len(rollouts)
+    if m.rm is not None:
+        step_scores = score_steps(m.rm.module, m.rm_tokenizer, [(r.question, r.steps) for r in rollouts],
+                                  rc.score_batch_size, rc.max_length, rc.step_tag, rc.format)
+    elif rc.model == ORACLE:
+        step_scores = [oracle_step_scores(r) for r in rollouts]
+    placed = [rollout_rewards(r, rc, m.tokenizer, s) for r, s in zip(rollouts, step_scores)]
+    b = make_batch(prompt_tokens, [r.token_ids for r in rollouts], m.tokenizer.pad_token_id, device)
+    task_rewards = torch.zeros_like(b.mask)
+    for i, (rw, _) in enumerate(placed):
+        task_rewards[i, : len(rw)] = torch.tensor(rw)
+    if rc.normalize:
+        task_rewards = normalize_task_rewards(task_rewards)
+    return b, placed, task_rewards
+
+
+def make_experience(cfg: DictConfig, m: Models, rollouts: list[Rollout], prompt_tokens: list[list[int]],
+                    device: torch.device) -> Experience:
+    """Rewards placed, old and reference log-probs, values, per-token rewards with the KL penalty, GAE."""
+    p = cfg.ppo
+    b, placed, task_rewards = score_and_place(cfg, m, rollouts, prompt_tokens, device)
+    old_logp = in_chunks(lambda x: actor_forward(m.actor, x, p.temperature)[0], b, p.minibatch_size)
+    if m.ref is not None:
+        ref_logp = in_chunks(lambda x: actor_forward(m.ref, x, p.temperature)[0], b, p.minibatch_size)
+    else:
+        with m.actor.module.disable_adapter():
+            ref_logp = in_chunks(lambda x: actor_forward(m.actor, x, p.temperature)[0], b, p.minibatch_size)
+    old_values = in_chunks(lambda x: critic_forward(m.critic, x), b, p.minibatch_size)
+    rewards, kl = with_kl(task_rewards, old_logp, ref_logp, b.mask, cfg.reward)
+    advantages, returns = gae(rewards, old_values, b.mask, p.gamma, p.lam)
+    if p.whiten_advantages:
+        advantages = whiten(advantages, b.mask)
+    return Experience(rollouts, b, placed, task_rewards, rewards, kl, old_logp, old_values, advantages, returns)
+
+
+def ppo_epochs(cfg: DictConfig, m: Models, e: Experience, update: int, world: int, device: torch.device
+               ) -> dict[str, list[float]]:
+    """Epochs of clipped policy and value losses over shuffled minibatches (stopped early past target_kl)."""
+    p = cfg.ppo
+    m.actor.train()
+    m.critic.train()
+    stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clip_fraction", "approx_kl", "entropy")}
+    order = torch.Generator().manual_seed(cfg.seed * 7919 + update)
+    for _ in range(p.epochs):
+        epoch_kl = []
+        for idx in torch.randperm(len(e.rollouts), generator=order).split(p.minibatch_size):
+            idx = idx.to(device)
+            mb = rows(e.batch, idx)
+            logp, ent = actor_forward(m.actor, mb, p.temperature, entropy=True)
+            pg, pstats = policy_loss(logp, e.old_logp[idx], e.advantages[idx], mb.mask, p.clip_ratio)
+            entropy = masked_mean(ent, mb.mask)
+            m.actor.backward(pg - p.entropy_coef * entropy)
+            m.actor.step()
+            vl = value_loss(critic_forward(m.critic, mb), e.old_values[idx], e.returns[idx], mb.mask, p.value_clip)
+            m.critic.backward(vl)
+            m.critic.step()
+            for k, v in (("policy_loss", pg), ("value_loss", vl), ("entropy", entropy), *pstats.items()):
+                stats[k].append(float(v.detach()))
+            epoch_kl.append(float(pstats["approx_kl"]))
+        kl_now = all_reduce_sum(torch.tensor(sum(epoch_kl) / len(epoch_kl)))
+        if p.target_kl > 0 and float(kl_now) / world > 1.5 * p.target_kl:
+            break
+    return stats
+
+
+def log_row(e: Experience, stats: dict[str, list[float]], update: int, world: int, lr: float, seconds: float
+            ) -> dict[str, float]:
+    """The learned reward beside true accuracy (the hacking alarm), KL, lengths, steps per response and
+    the losses, averaged over ranks."""
+    rollouts, steps = e.rollouts, sum(len(r.steps) for r in e.rollouts)
+    local = {
+        "reward/task_return": float(e.task_rewards.sum(1).mean()),
+        "reward/score": sum(m["score"] for _, m in e.placed) / len(e.placed),
+        "reward/total_return": float(e.rewards.sum(1).mean()),
+        "reward/per_step": float(e.task_rewards.sum() / max(1, steps)),
+        "train/accuracy": sum(r.correct for r in rollouts) / len(rollouts),
+        "train/format_error": sum(not r.well_formed for r in rollouts) / len(rollouts),
+        "train/no_answer": sum(not r.has_answer for r in rollouts) / len(rollouts),
+        "kl/per_response": float(e.kl.sum(1).mean()),
+        "response/length": float(e.batch.mask.sum(1).mean()),
+        "response/steps": steps / len(rollouts),
+        **{f"loss/{k}" if "loss" in k else f"policy/{k}": sum(v) / max(1, len(v)) for k, v in stats.items()},
+    }
+    reduced = all_reduce_sum(torch.tensor(list(local.values()), dtype=torch.float64))
+    return {"update": update, **{k: round(float(v) / world, 5) for k, v in zip(local, reduced)},
+            "lr": lr, "seconds": round(seconds, 2)}
+
+
+# ----------------------------------------------------------------------------------- resume and finish
+def start_or_resume(cfg: DictConfig, m: Models, ckpt_root: str, log_path: str, rank: int) -> dict[str, Any]:
+    """The run's state: from the last checkpoint with `resume` (log lines after it dropped: they run
+    again), else a fresh start that clears an earlier run's checkpoints, TensorBoard files and log."""
+    loaded = load_checkpoint(ckpt_root, m.actor, m.critic, rank) if cfg.resume else None
+    if loaded is not None:
+        state = {k: v for k, v in loaded.items() if k in ("update", "sft", "wall", "best")}
+        sync_rollout_weights(m.generator, m.actor, m.zero3)
+        if rank == 0:
+            write_jsonl_atomic(log_path, [r for r in read_jsonl_resumable(log_path) if r["update"] <= state["update"]])
+        return state
+    if rank == 0:
+        for stale in (ckpt_root, os.path.join(cfg.output_dir, "tensorboard")):
+            shutil.rmtree(stale, ignore_errors=True)
+        if os.path.exists(log_path):
+            os.remove(log_path)
+    return {"update": 0}
+
+
+def final_metrics(cfg: DictConfig, state: dict[str, Any], final: dict[str, float], log_path: str, rank: int,
+                  world: int, seconds: float) -> dict[str, Any]:
+    """The final split's accuracies beside the starting policy's (paired), and the chosen update's log."""
+    p, best = cfg.ppo, state.get("best")
+    chosen = best["update"] if best is not None else p.updates
+    log = read_jsonl_resumable(log_path) if rank == 0 else []
+    last = next((r for r in log if r["update"] == chosen), {})  # the policy's own update
+    return {**final, **{f"sft_{k}": v for k, v in state["sft"].items() if k != "problems"},
+            "final_split": cfg.final_split, "updates": p.updates,
+            "policy_update": chosen, "world_size": world, "reward_type": cfg.reward.type,
+            "rollouts": p.updates * p.prompts_per_update * p.samples_per_prompt,
+            "final_task_return": last.get("reward/task_return"), "final_kl": last.get("kl/per_response"),
+            "final_steps_per_response": last.get("response/steps"), "wall_seconds": round(seconds, 1)}
+
+
+# ----------------------------------------------------------------------------------- the run
+def run(cfg: DictConfig) -> dict:
+    rank, world, device = engines.init_distributed()
+    task = load_task(cfg.task)
+    check(cfg, world, task)
+    p = cfg.ppo
+    started = time.time()
+    torch.manual_seed(cfg.seed + rank)
+    m = build_models(cfg, world, rank, device)
     problems = task.problems(cfg.train_split, cfg.train_problems, seed=cfg.seed)
     random.Random(cfg.seed).shuffle(problems)
     # The same held-out problems for every seed and arm (runs differ in training randomness, not in test set)
     eval_set = task.problems(cfg.eval_split, cfg.eval_problems, seed=0)
     final_set = task.problems(cfg.final_split, cfg.final_eval_problems, seed=0)
-
-    ckpt_root = os.path.join(cfg.output_dir, "checkpoints")
-    log_path = os.path.join(cfg.output_dir, "log.jsonl")
-    state: dict[str, Any] = {"update": 0}
-    loaded = load_checkpoint(ckpt_root, actor, critic, rank) if cfg.resume else None
-    if loaded is not None:
-        state = {k: v for k, v in loaded.items() if k in ("update", "sft", "wall", "best")}
-        sync_rollout_weights(generator, actor, zero3)
-        if rank == 0:  # drop log lines of updates after the checkpoint (they will run again)
-            write_jsonl_atomic(log_path, [r for r in read_jsonl_resumable(log_path) if r["update"] <= state["update"]])
-    elif rank == 0:
-        for stale in (ckpt_root, os.path.join(cfg.output_dir, "tensorboard")):
-            shutil.rmtree(stale, ignore_errors=True)
-        if os.path.exists(log_path):
-            os.remove(log_path)
+    ckpt_root, log_path = os.path.join(cfg.output_dir, "checkpoints"), os.path.join(cfg.output_dir, "log.jsonl")
+    state = start_or_resume(cfg, m, ckpt_root, log_path, rank)
     if "sft" not in state:  # the starting policy on the final split, same problems and seeds: a paired baseline
-        state["sft"] = evaluate(generator, task, final_set, cfg.final_eval_samples, p.temperature, cfg.seed, rank, world)
-    writer = None
-    if rank == 0:
-        from torch.utils.tensorboard import SummaryWriter
-
-        writer = SummaryWriter(os.path.join(cfg.output_dir, "tensorboard"), purge_step=state["update"] + 1)
+        state["sft"] = evaluate(m.generator, task, final_set, cfg.final_eval_samples, p.temperature, cfg.seed, rank, world)
+    writer = SummaryWriter(os.path.join(cfg.output_dir, "tensorboard"), purge_step=state["update"] + 1) if rank == 0 else None
     bar = tqdm(total=p.updates, initial=state["update"], desc="ppo", disable=rank != 0, dynamic_ncols=True)
     wall_before = state.get("wall", 0.0)
     for update in range(state["update"] + 1, p.updates + 1):
         t0 = time.time()
-        # 1. rollouts: this rank's prompts of this update (a fixed order, so a resumed run sees the same data)
-        start = ((update - 1) * p.prompts_per_update + rank * per_rank) % len(problems)
-        batch_problems = [problems[(start + i) % len(problems)] for i in range(per_rank)]
-        texts = [task.format_prompt(q.question, tokenizer) for q in batch_problems]
-        actor.eval()
-        critic.eval()
-        samples = generator.generate(texts, p.samples_per_prompt, p.temperature,
-                                     seed=cfg.seed * 1_000_003 + update * world + rank)
-        rollouts, prompt_tokens = [], []
-        for q, text, group in zip(batch_problems, texts, samples):
-            ids = prompt_ids(generator, text)
-            for s in group:
-                g = task.grade(q, s.text)
-                rollouts.append(Rollout(q.question, s.text, s.token_ids + ([eos] if s.finished else []), g["steps"],
-                                        bool(g["correct"]), g["answer"] is not None, bool(g["well_formed"]),
-                                        g.get("first_error")))
-                prompt_tokens.append(ids)
-        # 2. scores and reward placement (reward model with its own tokenizer; every rank scores all of
-        #    its rollouts, so ZeRO-3 ranks run the same number of forward passes)
-        step_scores: list[list[float] | None] = [None] * len(rollouts)
-        if rm is not None:
-            step_scores = score_steps(rm.module, rm_tok, [(r.question, r.steps) for r in rollouts],
-                                      rc.score_batch_size, rc.max_length, rc.step_tag, rc.format)
-        elif rc.model == ORACLE:
-            step_scores = [oracle_step_scores(r) for r in rollouts]
-        placed = [rollout_rewards(r, rc, tokenizer, s) for r, s in zip(rollouts, step_scores)]
-        b = make_batch(prompt_tokens, [r.token_ids for r in rollouts], pad, device)
-        task_rewards = torch.zeros_like(b.mask)
-        for i, (rw, _) in enumerate(placed):
-            task_rewards[i, : len(rw)] = torch.tensor(rw)
-        if rc.normalize:
-            task_rewards = normalize_task_rewards(task_rewards)
-        # 3. old log-probs, reference log-probs, values
-        old_logp = in_chunks(lambda x: actor_forward(actor, x, p.temperature)[0], b, p.minibatch_size)
-        if ref is not None:
-            ref_logp = in_chunks(lambda x: actor_forward(ref, x, p.temperature)[0], b, p.minibatch_size)
-        else:
-            with actor.module.disable_adapter():
-                ref_logp = in_chunks(lambda x: actor_forward(actor, x, p.temperature)[0], b, p.minibatch_size)
-        old_values = in_chunks(lambda x: critic_forward(critic, x), b, p.minibatch_size)
-        # 4. per-token rewards with the KL penalty, then GAE
-        rewards, kl = with_kl(task_rewards, old_logp, ref_logp, b.mask, rc)
-        advantages, returns = gae(rewards, old_values, b.mask, p.gamma, p.lam)
-        if p.whiten_advantages:
-            advantages = whiten(advantages, b.mask)
-        # 5. epochs of minibatch updates
-        actor.train()
-        critic.train()
-        stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clip_fraction", "approx_kl", "entropy")}
-        order = torch.Generator().manual_seed(cfg.seed * 7919 + update)
-        for _ in range(p.epochs):
-            epoch_kl = []
-            for idx in torch.randperm(len(rollouts), generator=order).split(p.minibatch_size):
-                idx = idx.to(device)
-                mb = rows(b, idx)
-                logp, ent = actor_forward(actor, mb, p.temperature, entropy=True)
-                pg, pstats = policy_loss(logp, old_logp[idx], advantages[idx], mb.mask, p.clip_ratio)
-                entropy = masked_mean(ent, mb.mask)
-                actor.backward(pg - p.entropy_coef * entropy)
-                actor.step()
-                vl = value_loss(critic_forward(critic, mb), old_values[idx], returns[idx], mb.mask, p.value_clip)
-                critic.backward(vl)
-                critic.step()
-                for k, v in (("policy_loss", pg), ("value_loss", vl), ("entropy", entropy), *pstats.items()):
-                    stats[k].append(float(v.detach()))
-                epoch_kl.append(float(pstats["approx_kl"]))
-            kl_now = all_reduce_sum(torch.tensor(sum(epoch_kl) / len(epoch_kl)))
-            if p.target_kl > 0 and float(kl_now) / world > 1.5 * p.target_kl:
-                break
-        sync_rollout_weights(generator, actor, zero3)
-        # 6. log: the learned reward beside true accuracy (the hacking alarm), KL, lengths, steps per response
-        lengths = b.mask.sum(1)
-        local = {
-            "reward/task_return": float(task_rewards.sum(1).mean()),
-            "reward/score": sum(m["score"] for _, m in placed) / len(placed),
-            "reward/total_return": float(rewards.sum(1).mean()),
-            "reward/per_step": float(task_rewards.sum() / max(1, sum(len(r.steps) for r in rollouts))),
-            "train/accuracy": sum(r.correct for r in rollouts) / len(rollouts),
-            "train/format_error": sum(not r.well_formed for r in rollouts) / len(rollouts),
-            "train/no_answer": sum(not r.has_answer for r in rollouts) / len(rollouts),
-            "kl/per_response": float(kl.sum(1).mean()),
-            "response/length": float(lengths.mean()),
-            "response/steps": sum(len(r.steps) for r in rollouts) / len(rollouts),
-            **{f"loss/{k}" if "loss" in k else f"policy/{k}": sum(v) / max(1, len(v)) for k, v in stats.items()},
-        }
-        reduced = all_reduce_sum(torch.tensor(list(local.values()), dtype=torch.float64))
-        row = {"update": update, **{k: round(float(v) / world, 5) for k, v in zip(local, reduced)},
-               "lr": actor.get_lr()[0], "seconds": round(time.time() - t0, 2)}
+        rollouts, prompt_tokens = collect_rollouts(cfg, task, m, problems, update, rank, world)
+        experience = make_experience(cfg, m, rollouts, prompt_tokens, device)
+        stats = ppo_epochs(cfg, m, experience, update, world, device)
+        sync_rollout_weights(m.generator, m.actor, m.zero3)
+        row = log_row(experience, stats, update, world, m.actor.get_lr()[0], time.time() - t0)
         if update % cfg.eval_every == 0 or update == p.updates:
-            actor.eval()
-            row.update({f"eval/{k}": v for k, v in evaluate(generator, task, eval_set, cfg.eval_samples,
+            m.actor.eval()
+            row.update({f"eval/{k}": v for k, v in evaluate(m.generator, task, eval_set, cfg.eval_samples,
                                                                 p.temperature, cfg.seed, rank, world).items()})
             value = row.get(f"eval/{cfg.best_metric}")
             if value is not None and value > state.get("best", {}).get("value", -1.0):
-                state["best"] = save_best(ckpt_root, update, value, actor)
+                state["best"] = save_best(ckpt_root, update, value, m.actor)
         if rank == 0:
             append_jsonl(log_path, [row])
             for k, v in row.items():
@@ -491,25 +525,16 @@ def run(cfg: DictConfig) -> dict:
             bar.update(1)
         if update % cfg.checkpoint_every == 0 or update == p.updates:
             state.update(update=update, wall=wall_before + time.time() - started)
-            save_checkpoint(ckpt_root, update, actor, critic, state, rank)
+            save_checkpoint(ckpt_root, update, m.actor, m.critic, state, rank)
     bar.close()
     best = state.get("best")
     if best is not None and best["update"] != p.updates:
-        actor.load_checkpoint(best["path"], tag="actor")
-        sync_rollout_weights(generator, actor, zero3)
-    actor.eval()
-    final = evaluate(generator, task, final_set, cfg.final_eval_samples, p.temperature, cfg.seed, rank, world)
-    engines.save_hf(actor, tokenizer, os.path.join(cfg.output_dir, "policy"))
-    chosen = best["update"] if best is not None else p.updates
-    log = read_jsonl_resumable(log_path) if rank == 0 else []
-    last = next((r for r in log if r["update"] == chosen), {})  # the policy's own update
-    return {**final, **{f"sft_{k}": v for k, v in state["sft"].items() if k != "problems"},
-            "final_split": cfg.final_split, "updates": p.updates,
-            "policy_update": chosen, "world_size": world, "reward_type": rc.type,
-            "rollouts": p.updates * p.prompts_per_update * p.samples_per_prompt,
-            "final_task_return": last.get("reward/task_return"), "final_kl": last.get("kl/per_response"),
-            "final_steps_per_response": last.get("response/steps"),
-            "wall_seconds": round(wall_before + time.time() - started, 1)}
+        m.actor.load_checkpoint(best["path"], tag="actor")
+        sync_rollout_weights(m.generator, m.actor, m.zero3)
+    m.actor.eval()
+    final = evaluate(m.generator, task, final_set, cfg.final_eval_samples, p.temperature, cfg.seed, rank, world)
+    engines.save_hf(m.actor, m.tokenizer, os.path.join(cfg.output_dir, "policy"))
+    return final_metrics(cfg, state, final, log_path, rank, world, wall_before + time.time() - started)
 
 
 def main(argv: list[str] | None = None) -> dict:

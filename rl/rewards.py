@@ -31,7 +31,7 @@ import torch
 
 from reward.errors import ShepherdError
 from reward.formats import TAGGED, check_format
-from reward.tasks import STEP_TAG
+from reward.tasks import STEP_TAG, first_error_labels
 from rl.losses import kl_estimate
 
 TYPES = ("prm", "prm_min", "orm", "rule")
@@ -157,9 +157,8 @@ class Rollout:
 
 
 def oracle_step_scores(rollout: Rollout) -> list[float]:
-    """1 for each step before the oracle's first wrong step, 0 from it on: a perfect first-error PRM."""
-    first = len(rollout.steps) if rollout.first_error is None else rollout.first_error
-    return [1.0 if k < first else 0.0 for k in range(len(rollout.steps))]
+    """The oracle's step labels as scores: a perfect first-error PRM."""
+    return [float(label) for label in first_error_labels(len(rollout.steps), rollout.first_error)]
 
 
 def rollout_rewards(rollout: Rollout, cfg: Any, tokenizer: Any, step_scores: Sequence[float] | None

@@ -9,12 +9,13 @@ import re
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
-from reward.tasks import BAD_TOKEN, GOOD_TOKEN, STEP_TAG
+from reward.formats import TAG_TEXT
+from reward.tasks import BAD_TOKEN, GOOD_TOKEN
 
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 # Whole-token pieces of the arith language, longest first where they share a start; the step tag and
 # the +/- label tokens are in the vocabulary from the start, so a PRM needs no resize.
-PIECES = ["Compute ", "The answer is ", " mod ", " + ", " - ", " * ", " = ", f" {STEP_TAG}", "\n", ".", "(",
+PIECES = ["Compute ", "The answer is ", " mod ", " + ", " - ", " * ", " = ", TAG_TEXT, "\n", ".", "(",
           ")", GOOD_TOKEN, BAD_TOKEN, " "] + [str(d) for d in range(10)] + [" ; "]
 
 

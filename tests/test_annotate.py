@@ -5,10 +5,13 @@ import signal
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import pytest
 
-from reward.annotate import StepCounts, check_step_tag, labels_of, main as annotate_main, read_solutions
+from reward.annotate import main as annotate_main, read_solutions
+from reward.completion import Completer, StepCounts, labels_of
+from reward.formats import tag_ids
 from reward.errors import ShepherdError
 from reward.io import read_jsonl
 from reward.labels import from_math_shepherd, hard_estimate, soft_estimate, to_math_shepherd
@@ -172,8 +175,9 @@ def test_step_tag_must_be_encodable(tmp_path):
     tok = Tokenizer(models.WordLevel(vocab={"<unk>": 0, "a": 1}, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>")
-    with pytest.raises(ShepherdError, match="step tag"):
-        check_step_tag(fast)
+    assert tag_ids(fast) == []
+    with pytest.raises(ShepherdError, match="completer's tokenizer cannot encode the step tag"):
+        Completer(SimpleNamespace(tokenizer=fast), load_task("arith"), 1.0, True)
 
 
 def test_bad_solutions_are_counted_skips(tmp_path):

@@ -222,7 +222,7 @@ def test_experiment_and_arm_configs_validate(kind):
     """The experiment's stages all exist, its arms validate as PPO configs and read the reward model that
     its own train stage writes; every model path starts from the import-gguf folder."""
     from reward.config import load_config, stage_output_dir
-    from rl.cli import STAGES
+    from reward.config import STAGES
     from rl.pipeline import PipelineConfig
     from rl.ppo import PPOConfig, check
 

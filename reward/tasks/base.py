@@ -11,6 +11,13 @@ GOOD_TOKEN, BAD_TOKEN = "+", "-"  # the labels that replace the tag in Math-Shep
 QUESTION_FIELD = "{question}"  # where a prompt template (key task.prompt_template) puts the question
 
 
+def first_error_labels(n_steps: int, first_error: int | None) -> list[int]:
+    """The oracle's step labels (a perfect first-error PRM): 1 for each step before the first wrong one,
+    0 from it on. The rule of `annotate strategy=oracle` and of PPO's `reward.model=oracle` alike."""
+    first = n_steps if first_error is None else first_error
+    return [int(k < first) for k in range(n_steps)]
+
+
 @dataclass
 class Problem:
     id: str

@@ -81,7 +81,7 @@ def folder(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def vgen(folder):
-    from reward.generation_vllm import VLLMGenerator
+    from reward.generation.vllm import VLLMGenerator
 
     gen = load_generator(folder, gen_cfg())
     assert isinstance(gen, VLLMGenerator)

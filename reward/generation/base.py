@@ -1,9 +1,6 @@
-"""Sampling behind one interface with two backends: Hugging Face `generate` (default) and vLLM.
-
-Both take a list of prompt strings and return, per prompt, `n` samples (text and token ids). The HF
-backend batches prompt x n into large left-padded `generate` calls with the KV cache on, seeded per
-batch so that a run is reproducible.
-"""
+"""What both sampling backends share: the `Generator` interface and its `Sample`, model and tokenizer
+loading (device, dtype, a clear error for a missing folder), stop strings, and the vLLM engine set-up
+that must be importable (and testable) without vLLM installed."""
 from __future__ import annotations
 
 import contextlib
@@ -12,8 +9,6 @@ from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import torch
-from tqdm import tqdm
-from transformers import StoppingCriteria, StoppingCriteriaList
 
 from reward.errors import ShepherdError
 
@@ -44,7 +39,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
         raise ShepherdError(f"unknown dtype '{dtype}'; use auto, fp32, bf16 or fp16") from None
 
 
-def _model_location(path: str, key: str) -> tuple[str, dict[str, Any]]:
+def model_location(path: str, key: str) -> tuple[str, dict[str, Any]]:
     """A folder, or a .gguf file (loaded dequantised through transformers' gguf support)."""
     if not path:
         raise ShepherdError(f"no model given (key {key})")
@@ -62,7 +57,7 @@ def _model_location(path: str, key: str) -> tuple[str, dict[str, Any]]:
 def load_tokenizer(path: str, key: str = "policy") -> Any:
     from transformers import AutoTokenizer
 
-    folder, extra = _model_location(path, key)
+    folder, extra = model_location(path, key)
     tok = AutoTokenizer.from_pretrained(folder, **extra)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
@@ -75,7 +70,7 @@ def load_causal_lm(path: str, key: str = "policy", dtype: str = "auto", device: 
 
     from transformers.integrations import is_deepspeed_zero3_enabled
 
-    folder, extra = _model_location(path, key)
+    folder, extra = model_location(path, key)
     dev = resolve_device(device)
     model = AutoModelForCausalLM.from_pretrained(folder, dtype=resolve_dtype(dtype, dev), **extra)
     if is_deepspeed_zero3_enabled():  # loaded as this rank's shards (zero.Init): DeepSpeed places them
@@ -94,73 +89,10 @@ class Generator:
         raise NotImplementedError
 
 
-def _cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """The text before the first stop string, and whether one was there."""
     cuts = [text.index(s) for s in stop if s in text]
     return (text[: min(cuts)], True) if cuts else (text, False)
-
-
-class StopOnStrings(StoppingCriteria):
-    """Per-row stop when the completion's tail contains a stop string.
-
-    Written here because transformers' `stop_strings` needs a BPE-like vocabulary and fails on
-    word-level tokenizers such as the embedded world's. A string of k characters ends within the last
-    k tokens (every token is at least one character), so only that tail is decoded.
-    """
-
-    def __init__(self, tokenizer: Any, stop: Sequence[str], prompt_len: int) -> None:
-        self.tokenizer, self.stop, self.prompt_len = tokenizer, list(stop), prompt_len
-        self.window = max(len(s) for s in self.stop)
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
-        tails = input_ids[:, max(self.prompt_len, input_ids.shape[1] - self.window):].tolist()
-        texts = self.tokenizer.batch_decode(tails, skip_special_tokens=True)
-        return torch.tensor([any(s in t for s in self.stop) for t in texts], device=input_ids.device)
-
-
-class HFGenerator(Generator):
-    def __init__(self, model: Any, tokenizer: Any, batch_size: int = 256, max_new_tokens: int = 96,
-                 top_p: float = 1.0) -> None:
-        self.model, self.tokenizer = model, tokenizer
-        self.batch_size, self.max_new_tokens, self.top_p = batch_size, max_new_tokens, top_p
-        self.synced_gpus = False  # ZeRO-3 over several ranks: every rank runs every forward of generate
-        self.tokenizer.padding_side = "left"
-
-    def encode(self, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
-        # Chat-templated prompts already carry their special tokens.
-        bos = self.tokenizer.bos_token
-        add_special = not (bos and prompts and prompts[0].startswith(bos))
-        enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=add_special)
-        return {k: v.to(self.model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-
-    @torch.no_grad()
-    def generate(self, prompts: Sequence[str], n: int = 1, temperature: float = 1.0, seed: int = 0,
-                 max_new_tokens: int | None = None, stop: Sequence[str] = (), progress: bool = False
-                 ) -> list[list[Sample]]:
-        flat = [p for p in prompts for _ in range(n)]
-        eos = self.tokenizer.eos_token_id
-        out: list[Sample] = []
-        starts = range(0, len(flat), self.batch_size)
-        for b, start in enumerate(tqdm(starts, desc="generate", disable=not progress, leave=False)):
-            chunk = flat[start: start + self.batch_size]
-            enc = self.encode(chunk)
-            torch.manual_seed(seed * 100003 + b)
-            # top_k=0: plain temperature sampling (some checkpoints default to top-k 50)
-            kwargs = dict(do_sample=True, temperature=temperature, top_p=self.top_p, top_k=0) if temperature > 0 \
-                else dict(do_sample=False)
-            width = enc["input_ids"].shape[1]
-            ids = self.model.generate(
-                **enc, **kwargs, max_new_tokens=max_new_tokens or self.max_new_tokens,
-                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=eos, synced_gpus=self.synced_gpus,
-                stopping_criteria=StoppingCriteriaList([StopOnStrings(self.tokenizer, stop, width)]) if stop else None,
-            )[:, width:]
-            for row in ids.tolist():
-                finished = eos in row
-                row = row[: row.index(eos)] if finished else row
-                while row and row[-1] == self.tokenizer.pad_token_id:  # rows that stopped on a stop string
-                    row.pop()
-                text, stopped = _cut_at_stop(self.tokenizer.decode(row, skip_special_tokens=True), stop)
-                out.append(Sample(text=text, token_ids=row, finished=finished or stopped))
-        return [out[i * n: (i + 1) * n] for i in range(len(prompts))]
 
 
 VLLM_PROMPT_ROOM = 1024  # vLLM: prompt tokens allowed beside max_new_tokens when generation.vllm_max_model_len is 0
@@ -205,23 +137,3 @@ def this_ranks_gpu(on_gpu: bool) -> Iterator[None]:
             del os.environ["CUDA_VISIBLE_DEVICES"]
         else:
             os.environ["CUDA_VISIBLE_DEVICES"] = before
-
-
-def load_generator(model_path: str, gen_cfg: Any, key: str = "policy") -> Generator:
-    """The configured backend for a model folder; vLLM without vLLM installed is a clear error."""
-    if gen_cfg.backend == "hf":
-        tok = load_tokenizer(model_path, key)
-        model = load_causal_lm(model_path, key, gen_cfg.dtype, gen_cfg.device)
-        return HFGenerator(model, tok, gen_cfg.batch_size, gen_cfg.max_new_tokens, gen_cfg.top_p)
-    if gen_cfg.backend == "vllm":
-        try:
-            import vllm  # noqa: F401
-        except ImportError:
-            raise ShepherdError(
-                "generation.backend=vllm but vllm is not installed: `pip install vllm` on a GPU, "
-                "or `make test-vllm` for the CPU build (its own venv)") from None
-        from reward.generation_vllm import VLLMGenerator
-
-        _model_location(model_path, key)
-        return VLLMGenerator(model_path, gen_cfg)
-    raise ShepherdError(f"unknown generation backend '{gen_cfg.backend}' (key generation.backend); use hf or vllm")

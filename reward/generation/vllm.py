@@ -25,8 +25,8 @@ from typing import Any, Iterable, Sequence
 import torch
 
 from reward.errors import ShepherdError
-from reward.generation import (Generator, Sample, _cut_at_stop, engine_max_model_len, resolve_device, resolve_dtype,
-                               this_ranks_gpu)
+from reward.generation.base import (Generator, Sample, cut_at_stop, engine_max_model_len, resolve_device,
+                                    resolve_dtype, this_ranks_gpu)
 
 try:
     from vllm import LLM, SamplingParams
@@ -166,7 +166,7 @@ class VLLMGenerator(Generator):
                 row = list(comp.token_ids)
                 if eos is not None and eos in row:
                     row = row[: row.index(eos)]
-                text, cut = _cut_at_stop(self.tokenizer.decode(row, skip_special_tokens=True), stop)
+                text, cut = cut_at_stop(self.tokenizer.decode(row, skip_special_tokens=True), stop)
                 finished = comp.finish_reason == "stop" or cut
                 samples.append(Sample(text=text, token_ids=row, finished=finished))
             result.append(samples)
