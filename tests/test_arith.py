@@ -190,3 +190,19 @@ def test_carry_rest_steps_restate_what_is_left():
     tok = build_tokenizer()
     ids = tok(p.question + "\n" + text)["input_ids"]
     assert tok.unk_token_id not in ids and tok.decode(ids, skip_special_tokens=True) == p.question + "\n" + text
+
+
+def test_load_task_defaults_are_the_config_defaults():
+    """A task by name, a partial object and the default TaskConfig give the same world."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from reward.config import TaskConfig
+
+    by_name, partial = load_task("arith"), load_task(SimpleNamespace(name="arith", min_ops=4))
+    configured = load_task(OmegaConf.structured(TaskConfig()))
+    for task in (by_name, partial):
+        assert (task.wrong_rule, task.wrong_rule_share, task.ops) == (configured.wrong_rule, configured.wrong_rule_share,
+                                                                      configured.ops)
+    assert configured.wrong_rule == TaskConfig.wrong_rule != "none"
