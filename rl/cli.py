@@ -15,7 +15,8 @@ PRESETS = {"train-orm": ["kind=orm"]}  # overrides a stage adds to its module's 
 
 def usage() -> str:
     lines = ["usage: shepherd STAGE --config FILE [key=value ...]", "", "stages:"]
-    lines += [f"  {name:<10} {desc}" for name, (_, desc) in STAGES.items()]
+    width = max(map(len, STAGES)) + 1
+    lines += [f"  {name:<{width}} {desc}" for name, (_, desc) in STAGES.items()]
     lines += ["", "`shepherd STAGE --help` lists the stage's config keys and their defaults."]
     return "\n".join(lines)
 
