@@ -56,7 +56,7 @@ def test_the_papers_recipe_prompts_as_metamath():
 def test_annotation_prefixes_start_step_one_on_its_own_line():
     """Completer prompts are the prompt, then the prefix's steps: after MetaMath's "... step by step."
     step 1 starts on a new line instead of running into the template."""
-    from reward.annotate import continue_after
+    from reward.completion import continue_after
 
     prompt = task_from(f"task.prompt_template={METAMATH!r}").format_prompt(Q)
     assert continue_after(prompt) == prompt + "\n"
