@@ -31,7 +31,8 @@ def save_checkpoint(root: str, update: int, actor: Any, critic: Any, state: dict
     best update's actor (`state["best"]`) stays."""
     path = os.path.join(root, f"update_{update:05d}")
     actor.save_checkpoint(path, tag="actor", client_state=state, save_latest=False)
-    critic.save_checkpoint(path, tag="critic", save_latest=False)
+    if critic is not None:  # grpo / rloo train no critic
+        critic.save_checkpoint(path, tag="critic", save_latest=False)
     torch.save(rng_state(), os.path.join(path, f"rng_rank{rank}.pt"))
     torch.distributed.barrier()
     if rank == 0:
@@ -59,6 +60,7 @@ def load_checkpoint(root: str, actor: Any, critic: Any, rank: int) -> dict[str, 
     with open(latest) as f:
         path = json.load(f)["path"]
     _, state = actor.load_checkpoint(path, tag="actor")
-    critic.load_checkpoint(path, tag="critic")
+    if critic is not None:
+        critic.load_checkpoint(path, tag="critic")
     set_rng_state(torch.load(os.path.join(path, f"rng_rank{rank}.pt"), weights_only=False))
     return state

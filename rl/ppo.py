@@ -5,7 +5,8 @@
 
 One update, top to bottom (CleanRL's order): sample rollouts from the actor; score them (reward
 placement in `rl.rewards`); log-probs of actor and reference, values of the critic; per-token rewards
-with the KL penalty; GAE; several epochs of clipped policy and value losses over minibatches. Every
+with the KL penalty; GAE (or, with `ppo.advantage=grpo|rloo`, no critic: step returns compared within
+each prompt's samples, `rl.advantages`); several epochs of clipped policy and value losses. Every
 `eval_every` updates: greedy and sampled accuracy on a held-out split (with `best_metric`, the best
 update's actor is kept and becomes the final policy); every `checkpoint_every`: actor, critic,
 optimisers, schedulers and RNG, so `resume=true` finishes a killed run with the same number of
@@ -37,6 +38,7 @@ from reward.stage import stage_main
 from reward.tasks import Problem, Task, load_task
 from reward.lora import LoraSettings, apply_lora, folded_weights
 from rl import engines
+from rl.advantages import BASELINES, CREDITS, ESTIMATORS, group_advantages, returns_to_go
 from rl.checkpoint import load_checkpoint, save_best, save_checkpoint
 from rl.evaluate import accuracies, accuracy_counts
 from rl.losses import entropy_from_logits, gae, masked_mean, policy_loss, value_loss, whiten
@@ -67,6 +69,11 @@ class PPOHyper:
     temperature: float = 1.0
     max_new_tokens: int = 96
     gradient_checkpointing: bool = False  # actor and critic recompute activations in backward (7B: see README)
+    # gae: a critic and GAE (rl.losses); grpo | rloo: no critic, step returns compared within the samples
+    # of one prompt (rl.advantages; samples_per_prompt >= 2)
+    advantage: str = "gae"
+    credit: str = "sum"  # grpo / rloo: a step's return is the sum, or the min (PURE), of the rewards from it on
+    baseline: str = "mean"  # rloo: mean (the other samples' return) | token (PURE's per-token baseline)
 
 
 @dataclass
@@ -227,6 +234,12 @@ def check(cfg: DictConfig, world: int, task: Task) -> None:
     if cfg.best_metric and cfg.best_metric not in metrics:
         raise ShepherdError(f"unknown best_metric '{cfg.best_metric}' (key best_metric); use one of {', '.join(metrics)} "
                             "or leave it empty for the last update's policy")
+    for key, value, allowed in (("advantage", p.advantage, ESTIMATORS), ("credit", p.credit, CREDITS),
+                                ("baseline", p.baseline, BASELINES)):
+        if value not in allowed:
+            raise ShepherdError(f"unknown {key} '{value}' (key ppo.{key}); use one of {', '.join(allowed)}")
+    if p.advantage != "gae" and p.samples_per_prompt < 2:
+        raise ShepherdError(f"ppo.advantage={p.advantage} compares the samples of one prompt: ppo.samples_per_prompt >= 2")
     if cfg.lora.enabled and "zero3" in os.path.basename(cfg.deepspeed):
         raise ShepherdError("LoRA on the actor needs ZeRO-2 (key deepspeed): merging adapters under ZeRO-3 is not supported")
 
@@ -273,7 +286,7 @@ def lr_decay(p: Any, world: int) -> Callable[[int], float]:
 @dataclass
 class Models:
     """OpenRLHF's split: actor and critic train; reference and reward model only score (ref None: the
-    actor with its LoRA adapters off; rm None: rule and oracle rewards)."""
+    actor with its LoRA adapters off; rm None: rule and oracle rewards; critic None: grpo and rloo)."""
 
     actor: Any
     critic: Any
@@ -296,9 +309,11 @@ def build_models(cfg: DictConfig, world: int, rank: int, device: torch.device) -
         return checkpointed(model, p.gradient_checkpointing)
     decay = lr_decay(p, world)
     actor = engines.build(load_actor, train_cfg, p.lr, device, decay)
-    critic_path = {"policy": cfg.policy, "reward": rc.model}.get(cfg.critic_init, cfg.critic_init)
-    critic = engines.build(lambda: checkpointed(load_critic(critic_path), p.gradient_checkpointing), train_cfg,
-                           p.critic_lr, device, decay)
+    critic = None
+    if p.advantage == "gae":
+        critic_path = {"policy": cfg.policy, "reward": rc.model}.get(cfg.critic_init, cfg.critic_init)
+        critic = engines.build(lambda: checkpointed(load_critic(critic_path), p.gradient_checkpointing), train_cfg,
+                               p.critic_lr, device, decay)
     ref = None if cfg.lora.enabled else engines.build(lambda: load_causal_lm(cfg.policy, "policy", device="cpu"),
                                                      frozen_cfg, None, device)
     rm = rm_tokenizer = None
@@ -320,8 +335,9 @@ def collect_rollouts(cfg: DictConfig, task: Task, m: Models, problems: list[Prob
     start = ((update - 1) * p.prompts_per_update + rank * per_rank) % len(problems)
     batch_problems = [problems[(start + i) % len(problems)] for i in range(per_rank)]
     texts = [task.format_prompt(q.question, m.tokenizer) for q in batch_problems]
-    m.actor.eval()
-    m.critic.eval()
+    for model in (m.actor, m.critic):
+        if model is not None:
+            model.eval()
     samples = m.generator.generate(texts, p.samples_per_prompt, p.temperature,
                                    seed=cfg.seed * 1_000_003 + update * world + rank)
     eos = [m.tokenizer.eos_token_id]
@@ -343,18 +359,18 @@ class Experience:
 
     rollouts: list[Rollout]
     batch: Batch
-    placed: list[tuple[list[float], dict[str, float]]]  # per rollout: task reward per token, what went in
+    placed: list[tuple[list[float], dict[str, Any]]]  # per rollout: task reward per token, what went in
     task_rewards: torch.Tensor  # [B, R] reward model / rule rewards, no KL
     rewards: torch.Tensor  # [B, R] with the KL penalty
     kl: torch.Tensor
     old_logp: torch.Tensor
-    old_values: torch.Tensor
+    old_values: torch.Tensor | None  # gae only (the critic's)
     advantages: torch.Tensor
-    returns: torch.Tensor
+    returns: torch.Tensor | None  # gae only (the critic's targets)
 
 
 def score_and_place(cfg: DictConfig, m: Models, rollouts: list[Rollout], prompt_tokens: list[list[int]],
-                    device: torch.device) -> tuple[Batch, list[tuple[list[float], dict[str, float]]], torch.Tensor]:
+                    device: torch.device) -> tuple[Batch, list[tuple[list[float], dict[str, Any]]], torch.Tensor]:
     """Step scores (the reward model with its own tokenizer; every rank scores all of its rollouts, so
     ZeRO-3 ranks run the same number of forward passes), placed on the policy's tokens (`rl.rewards`)."""
     rc = cfg.reward
@@ -385,20 +401,38 @@ def make_experience(cfg: DictConfig, m: Models, rollouts: list[Rollout], prompt_
     else:
         with m.actor.module.disable_adapter():
             ref_logp = in_chunks(lambda x: actor_forward(m.actor, x, p.temperature)[0], b, p.minibatch_size)
-    old_values = in_chunks(lambda x: critic_forward(m.critic, x), b, p.minibatch_size)
     rewards, kl = with_kl(task_rewards, old_logp, ref_logp, b.mask, cfg.reward)
-    advantages, returns = gae(rewards, old_values, b.mask, p.gamma, p.lam)
+    old_values = returns = None
+    if m.critic is not None:
+        old_values = in_chunks(lambda x: critic_forward(m.critic, x), b, p.minibatch_size)
+        advantages, returns = gae(rewards, old_values, b.mask, p.gamma, p.lam)
+    else:
+        advantages = critic_free_advantages(cfg, b, placed, task_rewards, kl)
     if p.whiten_advantages:
         advantages = whiten(advantages, b.mask)
     return Experience(rollouts, b, placed, task_rewards, rewards, kl, old_logp, old_values, advantages, returns)
+
+
+def critic_free_advantages(cfg: DictConfig, b: Batch, placed: list[tuple[list[float], dict[str, Any]]],
+                           task_rewards: torch.Tensor, kl: torch.Tensor) -> torch.Tensor:
+    """grpo / rloo on the placed task rewards (`rl.advantages`), minus the KL penalty still to come
+    (kl_coef x the sum of the per-token KL from each token on, as a REINFORCE return would hold it)."""
+    p = cfg.ppo
+    positions = torch.zeros_like(b.mask)
+    for i, (rw, meta) in enumerate(placed):
+        positions[i, [*meta["ends"], len(rw) - 1]] = 1.0
+    advantages = group_advantages(task_rewards, positions, b.mask, p.samples_per_prompt, p.advantage, p.credit,
+                                  p.baseline)
+    return advantages - cfg.reward.kl_coef * returns_to_go(kl, b.mask, b.mask, "sum")
 
 
 def ppo_epochs(cfg: DictConfig, m: Models, e: Experience, update: int, world: int, device: torch.device
                ) -> dict[str, list[float]]:
     """Epochs of clipped policy and value losses over shuffled minibatches (stopped early past target_kl)."""
     p = cfg.ppo
-    m.actor.train()
-    m.critic.train()
+    for model in (m.actor, m.critic):
+        if model is not None:
+            model.train()
     stats: dict[str, list[float]] = {k: [] for k in ("policy_loss", "value_loss", "clip_fraction", "approx_kl", "entropy")}
     order = torch.Generator().manual_seed(cfg.seed * 7919 + update)
     for _ in range(p.epochs):
@@ -411,11 +445,13 @@ def ppo_epochs(cfg: DictConfig, m: Models, e: Experience, update: int, world: in
             entropy = masked_mean(ent, mb.mask)
             m.actor.backward(pg - p.entropy_coef * entropy)
             m.actor.step()
-            vl = value_loss(critic_forward(m.critic, mb), e.old_values[idx], e.returns[idx], mb.mask, p.value_clip)
-            m.critic.backward(vl)
-            m.critic.step()
-            for k, v in (("policy_loss", pg), ("value_loss", vl), ("entropy", entropy), *pstats.items()):
+            for k, v in (("policy_loss", pg), ("entropy", entropy), *pstats.items()):
                 stats[k].append(float(v.detach()))
+            if m.critic is not None:
+                vl = value_loss(critic_forward(m.critic, mb), e.old_values[idx], e.returns[idx], mb.mask, p.value_clip)
+                m.critic.backward(vl)
+                m.critic.step()
+                stats["value_loss"].append(float(vl.detach()))
             epoch_kl.append(float(pstats["approx_kl"]))
         kl_now = all_reduce_sum(torch.tensor(sum(epoch_kl) / len(epoch_kl)))
         if p.target_kl > 0 and float(kl_now) / world > 1.5 * p.target_kl:

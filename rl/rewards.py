@@ -184,7 +184,7 @@ def rollout_rewards(rollout: Rollout, cfg: Any, tokenizer: Any, step_scores: Seq
     rewards = place(len(rollout.token_ids), ends, step_rewards, outcome)
     if cfg.clip > 0:
         rewards = [max(-cfg.clip, min(cfg.clip, r)) for r in rewards]
-    return rewards, {"score": score, "penalty": penalty}
+    return rewards, {"score": score, "penalty": penalty, "ends": ends}
 
 
 def with_kl(task_rewards: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,

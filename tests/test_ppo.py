@@ -218,3 +218,27 @@ def test_gradient_checkpointing_saves_memory_not_math(random_policy, tmp_path):
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
     assert checkpointed(load_critic(random_policy), True).is_gradient_checkpointing
     assert training_arguments(TrainConfig(gradient_checkpointing=True), str(tmp_path), 0).gradient_checkpointing
+
+
+@pytest.mark.parametrize("advantage", ["grpo", "rloo"])
+def test_critic_free_ppo_builds_no_critic_and_raises_the_reward(advantage, tiny_world, tmp_path):
+    """ppo.advantage=grpo|rloo: one process, the rule reward; no critic engine is built or checkpointed,
+    and the task return rises as with GAE."""
+    out = tmp_path / "ppo"
+    finish(launch(tiny_world, out, 1, "ppo.updates=8", "ppo.lr=5e-4", f"ppo.advantage={advantage}",
+                  "ppo.baseline=token" if advantage == "rloo" else "ppo.credit=min"))
+    rows = log_rows(out)
+    assert [r["update"] for r in rows] == list(range(1, 9))
+    assert rises(rows), [r["reward/task_return"] for r in rows]
+    assert all(r["loss/value_loss"] == 0 for r in rows)  # no value loss: no critic
+    saved = [p.name for p in (out / "checkpoints" / "update_00008").iterdir()]
+    assert "actor" in saved and "critic" not in saved
+
+
+def test_critic_free_estimators_need_groups(tmp_path):
+    with pytest.raises(ShepherdError, match="samples_per_prompt >= 2"):
+        check(load_config(PPOConfig, "ppo", None, ["policy=x", "reward.type=rule", "ppo.advantage=grpo",
+                                                   "ppo.samples_per_prompt=1"]), 1, load_task("arith"))
+    with pytest.raises(ShepherdError, match="key ppo.credit"):
+        check(load_config(PPOConfig, "ppo", None, ["policy=x", "reward.type=rule", "ppo.credit=max"]), 1,
+              load_task("arith"))
