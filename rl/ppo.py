@@ -74,6 +74,10 @@ class PPOHyper:
     advantage: str = "gae"
     credit: str = "sum"  # grpo / rloo: a step's return is the sum, or the min (PURE), of the rewards from it on
     baseline: str = "mean"  # rloo: mean (the other samples' return) | token (PURE's per-token baseline)
+    # No policy gradient on the tokens between steps (line breaks): the policy is pushed neither to nor
+    # away from starting a new step (PURE's OpenRLHF port masked the separator; a port that did not
+    # collapsed to empty outputs). Rewards, KL and values still count those tokens.
+    mask_separator: bool = False
 
 
 @dataclass
@@ -367,6 +371,7 @@ class Experience:
     old_values: torch.Tensor | None  # gae only (the critic's)
     advantages: torch.Tensor
     returns: torch.Tensor | None  # gae only (the critic's targets)
+    policy_mask: torch.Tensor  # [B, R] the tokens the policy loss counts (mask_separator: not the step breaks)
 
 
 def score_and_place(cfg: DictConfig, m: Models, rollouts: list[Rollout], prompt_tokens: list[list[int]],
@@ -410,7 +415,18 @@ def make_experience(cfg: DictConfig, m: Models, rollouts: list[Rollout], prompt_
         advantages = critic_free_advantages(cfg, b, placed, task_rewards, kl)
     if p.whiten_advantages:
         advantages = whiten(advantages, b.mask)
-    return Experience(rollouts, b, placed, task_rewards, rewards, kl, old_logp, old_values, advantages, returns)
+    policy_mask = b.mask * ~separator_tokens(b.tokens, m.tokenizer) if p.mask_separator else b.mask
+    return Experience(rollouts, b, placed, task_rewards, rewards, kl, old_logp, old_values, advantages, returns,
+                      policy_mask)
+
+
+def separator_tokens(tokens: torch.Tensor, tokenizer: Any) -> torch.Tensor:
+    """[B, R] True where a token is a step break: it decodes to whitespace holding a line break."""
+    breaks = {}
+    for t in tokens.unique().tolist():
+        text = tokenizer.decode([t])
+        breaks[t] = "\n" in text and not text.strip()
+    return torch.tensor([[breaks[t] for t in row] for row in tokens.tolist()], dtype=torch.bool, device=tokens.device)
 
 
 def critic_free_advantages(cfg: DictConfig, b: Batch, placed: list[tuple[list[float], dict[str, Any]]],
@@ -441,8 +457,8 @@ def ppo_epochs(cfg: DictConfig, m: Models, e: Experience, update: int, world: in
             idx = idx.to(device)
             mb = rows(e.batch, idx)
             logp, ent = actor_forward(m.actor, mb, p.temperature, entropy=True)
-            pg, pstats = policy_loss(logp, e.old_logp[idx], e.advantages[idx], mb.mask, p.clip_ratio)
-            entropy = masked_mean(ent, mb.mask)
+            pg, pstats = policy_loss(logp, e.old_logp[idx], e.advantages[idx], e.policy_mask[idx], p.clip_ratio)
+            entropy = masked_mean(ent, e.policy_mask[idx])
             m.actor.backward(pg - p.entropy_coef * entropy)
             m.actor.step()
             for k, v in (("policy_loss", pg), ("entropy", entropy), *pstats.items()):

@@ -226,7 +226,7 @@ def test_critic_free_ppo_builds_no_critic_and_raises_the_reward(advantage, tiny_
     and the task return rises as with GAE."""
     out = tmp_path / "ppo"
     finish(launch(tiny_world, out, 1, "ppo.updates=8", "ppo.lr=5e-4", f"ppo.advantage={advantage}",
-                  "ppo.baseline=token" if advantage == "rloo" else "ppo.credit=min"))
+                  *(["ppo.baseline=token"] if advantage == "rloo" else ["ppo.credit=min", "ppo.mask_separator=true"])))
     rows = log_rows(out)
     assert [r["update"] for r in rows] == list(range(1, 9))
     assert rises(rows), [r["reward/task_return"] for r in rows]
@@ -242,3 +242,17 @@ def test_critic_free_estimators_need_groups(tmp_path):
     with pytest.raises(ShepherdError, match="key ppo.credit"):
         check(load_config(PPOConfig, "ppo", None, ["policy=x", "reward.type=rule", "ppo.credit=max"]), 1,
               load_task("arith"))
+
+
+def test_separator_tokens_are_the_step_breaks(tiny_world):
+    """ppo.mask_separator: the line breaks between steps, and nothing else, leave the policy loss."""
+    from transformers import AutoTokenizer
+
+    from rl.ppo import separator_tokens
+
+    tok = AutoTokenizer.from_pretrained(tiny_world / "policy")
+    text = "3 + 4 = 7\n7 * 2 = 4\nThe answer is 4"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    flags = separator_tokens(torch.tensor([ids + [tok.pad_token_id]]), tok)[0].tolist()
+    assert sum(flags) == 2 and all(tok.decode([t]).strip() == "" for t, f in zip(ids, flags) if f)
+    assert tok.decode([t for t, f in zip(ids, flags) if not f]).replace(" ", "") == text.replace("\n", "").replace(" ", "")
