@@ -397,7 +397,8 @@ def score_and_place(cfg: DictConfig, m: Models, rollouts: list[Rollout], prompt_
 
 def make_experience(cfg: DictConfig, m: Models, rollouts: list[Rollout], prompt_tokens: list[list[int]],
                     device: torch.device) -> Experience:
-    """Rewards placed, old and reference log-probs, values, per-token rewards with the KL penalty, GAE."""
+    """Rewards placed, old and reference log-probs, values, per-token rewards with the KL penalty, and
+    the advantages: GAE with the critic's values, or grpo / rloo without a critic."""
     p = cfg.ppo
     b, placed, task_rewards = score_and_place(cfg, m, rollouts, prompt_tokens, device)
     old_logp = in_chunks(lambda x: actor_forward(m.actor, x, p.temperature)[0], b, p.minibatch_size)
@@ -422,11 +423,12 @@ def make_experience(cfg: DictConfig, m: Models, rollouts: list[Rollout], prompt_
 
 def separator_tokens(tokens: torch.Tensor, tokenizer: Any) -> torch.Tensor:
     """[B, R] True where a token is a step break: it decodes to whitespace holding a line break."""
-    breaks = {}
-    for t in tokens.unique().tolist():
+    ids = tokens.unique()
+    breaks = torch.zeros(int(ids.max()) + 1, dtype=torch.bool, device=tokens.device)
+    for t in ids.tolist():  # each distinct token decoded once
         text = tokenizer.decode([t])
         breaks[t] = "\n" in text and not text.strip()
-    return torch.tensor([[breaks[t] for t in row] for row in tokens.tolist()], dtype=torch.bool, device=tokens.device)
+    return breaks[tokens]
 
 
 def critic_free_advantages(cfg: DictConfig, b: Batch, placed: list[tuple[list[float], dict[str, Any]]],
