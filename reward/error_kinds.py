@@ -112,7 +112,8 @@ def run(cfg: DictConfig) -> dict:
     for policy in cfg.policies:
         if not os.path.isdir(policy):
             raise ShepherdError(f"policy folder not found: {policy} (key policies)")
-    prm, prm_tok = load_causal_lm(cfg.prm, "prm", device="cpu"), load_tokenizer(cfg.prm, "prm")
+    prm = load_causal_lm(cfg.prm, "prm", cfg.generation.dtype, cfg.generation.device)  # where the policies sample
+    prm_tok = load_tokenizer(cfg.prm, "prm")
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for i, policy in enumerate(cfg.policies):
         path = os.path.join(cfg.output_dir, "samples", f"{i:02d}-{group_name(policy)}.jsonl")

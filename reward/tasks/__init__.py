@@ -14,11 +14,11 @@ def load_task(cfg: Any) -> Task:
     not given takes TaskConfig's default, so `load_task("arith")` is the world a config file gets."""
     from reward.config import TaskConfig
 
-    defaults = TaskConfig(name=cfg) if isinstance(cfg, str) else TaskConfig()
-    name = defaults.name if isinstance(cfg, str) else cfg.name
+    source = TaskConfig(name=cfg) if isinstance(cfg, str) else cfg
+    defaults, name = TaskConfig(), source.name
 
     def get(key: str) -> Any:
-        return getattr(defaults, key) if isinstance(cfg, str) else getattr(cfg, key, getattr(defaults, key))
+        return getattr(source, key, getattr(defaults, key))
     if name == "arith":
         from reward.tasks.arith import ArithTask
 
