@@ -65,22 +65,28 @@ class Completer:
     def outcomes(self, prefixes: list[tuple[Solution, int]], n: int, seed: int) -> list[list[bool]]:
         """For each (solution, step index), n completions of the prefix ending at that step: right or not."""
         keys = [(s.problem.question, tuple(s.steps[: k + 1])) for s, k in prefixes]
-        unique = list(dict.fromkeys(keys)) if self.share_prefixes else keys
-        where = {key: i for i, key in enumerate(unique)}
-        owner = {key: s for key, (s, _) in zip(keys, prefixes)}
-        tok = self.generator.tokenizer
-        prompts = [continue_after(self.task.format_prompt(q, tok)) + self.task.join_steps(list(steps)) + "\n"
-                   for q, steps in unique]
-        samples = self.generator.generate(prompts, n=n, temperature=self.temperature, seed=seed) if prompts else []
-        self.generated += len(unique) * n
-        results = []
-        for (q, steps), group in zip(unique, samples):
-            gold = owner[(q, steps)].problem.gold
-            head = self.task.join_steps(list(steps)) + "\n"
-            results.append([self.task.is_correct(head + s.text, gold) for s in group])
         if self.share_prefixes:
-            return [results[where[key]] for key in keys]
-        return results
+            first = {key: i for i, key in reversed(list(enumerate(keys)))}  # each key's first prefix
+            owners = list(dict.fromkeys(first[key] for key in keys))
+            slot = {i: j for j, i in enumerate(owners)}
+            slots = [slot[first[key]] for key in keys]
+        else:
+            owners, slots = list(range(len(keys))), list(range(len(keys)))
+        # Longest expected completion first (the rest of the sampled solution the prefix came from), so
+        # that one generate call holds completions of about one length: a call runs until its longest
+        # row ends, and short rows beside long ones would idle.
+        rest = [len(self.task.join_steps(prefixes[i][0].steps[prefixes[i][1] + 1:])) for i in owners]
+        order = sorted(range(len(owners)), key=lambda j: -rest[j])
+        tok = self.generator.tokenizer
+        heads = [self.task.join_steps(list(keys[i][1])) + "\n" for i in owners]
+        prompts = [continue_after(self.task.format_prompt(keys[owners[j]][0], tok)) + heads[j] for j in order]
+        samples = self.generator.generate(prompts, n=n, temperature=self.temperature, seed=seed) if prompts else []
+        self.generated += len(owners) * n
+        results: list[list[bool]] = [[] for _ in owners]
+        for j, group in zip(order, samples):
+            gold = prefixes[owners[j]][0].problem.gold
+            results[j] = [self.task.is_correct(heads[j] + s.text, gold) for s in group]
+        return [results[j] for j in slots]
 
 
 # --- strategies: each returns StepCounts per solution for its sampled steps (all but the last) --------

@@ -40,6 +40,25 @@ def test_sampling_is_seeded_and_returns_n(random_policy):
     assert all(len(s.token_ids) <= 10 for g in a for s in g)
 
 
+def test_shared_prompt_cache_samples_what_plain_generate_samples(random_policy):
+    """Each prompt is encoded once and its KV cache copied to its n samples: the tokens drawn must be
+    those of `generate` over the n copies of every prompt (left padded, same seed)."""
+    gen = _gen(random_policy, batch_size=64, max_new_tokens=12)
+    task = ArithTask(min_ops=1, max_ops=6)
+    prompts = [task.format_prompt(p.question) for p in task.problems("test", 5)]  # different lengths
+    ours = gen.generate(prompts, n=3, temperature=1.0, seed=4)
+    flat = [p for p in prompts for _ in range(3)]
+    enc = gen.encode(flat)
+    torch.manual_seed(4 * 100003)  # the seed of the first (here the only) generate call
+    plain = gen.model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, max_new_tokens=12,
+                               pad_token_id=gen.tokenizer.pad_token_id, eos_token_id=gen.tokenizer.eos_token_id)
+    width = enc["input_ids"].shape[1]
+    eos = gen.tokenizer.eos_token_id
+    expected = [row[: row.index(eos)] if eos in row else row for row in plain[:, width:].tolist()]
+    assert [s.token_ids for g in ours for s in g] == expected
+    assert len({tuple(s.token_ids) for s in ours[0]}) > 1  # the copies of one prompt sample apart
+
+
 def test_stop_strings_cut_the_text(random_policy):
     gen = _gen(random_policy, batch_size=8, max_new_tokens=30)
     out = gen.generate(["Compute 1 + 2 mod 10.\n"] * 4, n=2, temperature=1.0, seed=0, stop=["\n"])

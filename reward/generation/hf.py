@@ -1,14 +1,24 @@
 """The Hugging Face backend of `Generator`: prompt x n in large left-padded `generate` calls with the
-KV cache on, seeded per batch so that a run is reproducible."""
+KV cache on, seeded per batch so that a run is reproducible.
+
+Each prompt is encoded once and its KV cache copied to its n samples. `generate(num_return_sequences=n)`
+(and a flat list of n copies) would run the prompt's forward n times: for Monte-Carlo annotation, whose
+prompts are whole step prefixes, that is most of the work (`benchmarks/annotate.py`)."""
 from __future__ import annotations
 
+import inspect
 from typing import Any, Sequence
 
 import torch
 from tqdm import tqdm
-from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers import DynamicCache, LlamaForCausalLM, StoppingCriteria, StoppingCriteriaList
 
 from reward.generation.base import Generator, Sample, cut_at_stop
+
+
+# transformers renamed the model's `past_key_values` argument to `cache` (5.24 warns on the old name;
+# the GPU extra's 5.19 knows only the old one).
+CACHE_KWARG = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
 
 
 class StopOnStrings(StoppingCriteria):
@@ -44,24 +54,39 @@ class HFGenerator(Generator):
         enc = self.tokenizer(list(prompts), return_tensors="pt", padding=True, add_special_tokens=add_special)
         return {k: v.to(self.model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
+    def prefill(self, enc: dict[str, torch.Tensor], n: int) -> dict[str, Any]:
+        """`generate` inputs for n samples of each prompt, with the prompts' KV cache computed once (all
+        but the last token, which `generate` feeds itself) and repeated n times. Positions follow the
+        left padding exactly as `generate` derives them from the attention mask."""
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        inputs: dict[str, Any] = {"input_ids": ids.repeat_interleave(n, 0), "attention_mask": mask.repeat_interleave(n, 0)}
+        if ids.shape[1] < 2:
+            return inputs
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache(config=self.model.config)
+        self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
+                   use_cache=True, logits_to_keep=1, **{CACHE_KWARG: cache})
+        cache.batch_repeat_interleave(n)
+        inputs[CACHE_KWARG] = cache
+        return inputs
+
     @torch.no_grad()
     def generate(self, prompts: Sequence[str], n: int = 1, temperature: float = 1.0, seed: int = 0,
                  max_new_tokens: int | None = None, stop: Sequence[str] = (), progress: bool = False
                  ) -> list[list[Sample]]:
-        flat = [p for p in prompts for _ in range(n)]
         eos = self.tokenizer.eos_token_id
+        per_call = max(1, self.batch_size // n)  # prompts per generate call: batch_size rows
         out: list[Sample] = []
-        starts = range(0, len(flat), self.batch_size)
+        starts = range(0, len(prompts), per_call)
         for b, start in enumerate(tqdm(starts, desc="generate", disable=not progress, leave=False)):
-            chunk = flat[start: start + self.batch_size]
-            enc = self.encode(chunk)
+            enc = self.encode(prompts[start: start + per_call])
             torch.manual_seed(seed * 100003 + b)
             # top_k=0: plain temperature sampling (some checkpoints default to top-k 50)
             kwargs = dict(do_sample=True, temperature=temperature, top_p=self.top_p, top_k=0) if temperature > 0 \
                 else dict(do_sample=False)
             width = enc["input_ids"].shape[1]
             ids = self.model.generate(
-                **enc, **kwargs, max_new_tokens=max_new_tokens or self.max_new_tokens,
+                **self.prefill(enc, n), **kwargs, max_new_tokens=max_new_tokens or self.max_new_tokens,
                 pad_token_id=self.tokenizer.pad_token_id, eos_token_id=eos, synced_gpus=self.synced_gpus,
                 stopping_criteria=StoppingCriteriaList([StopOnStrings(self.tokenizer, stop, width)]) if stop else None,
             )[:, width:]
