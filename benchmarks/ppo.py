@@ -1,5 +1,5 @@
 """Seconds per PPO iteration (rollout, scoring, update) of our trainer (`rl.ppo`, ORM reward) and of
-TRL's PPO trainer (`trl.experimental.ppo`, trl 1.12.0), and the ratio ours / TRL (target <= 1),
+TRL's PPO trainer (`trl.experimental.ppo`, trl 1.12.0), and the ratio ours / TRL (target <= 0.5),
 measured in one run on the same policy, prompts, batch and lengths; then the bytes of parameters and
 optimiser that each of 2 ranks holds for the actor under ZeRO-2 and ZeRO-3.
 
@@ -48,9 +48,10 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
 # ----------------------------------------------------------------------------------- ours
-def ours_seconds(args: argparse.Namespace, policy: str, orm: str, out: str) -> float:
+def ours_seconds(args: argparse.Namespace, policy: str, orm: str, out: str) -> dict[str, float]:
     """`python -m rl.ppo` as a user runs it (one process, ZeRO-2 config); its log's `seconds` per update
-    covers rollout, scoring and the PPO epochs (not the evaluations and checkpoint around them)."""
+    covers rollout, scoring and the PPO epochs (not the evaluations and checkpoint around them), and its
+    phases (`time/*`)."""
     cmd = [sys.executable, "-m", "rl.ppo", "--config", str(EXPERIMENT), *ARM, f"policy={policy}", f"reward.model={orm}",
            f"output_dir={out}", f"ppo.updates={ITERATIONS}", f"ppo.prompts_per_update={args.prompts}",
            f"ppo.samples_per_prompt={args.samples}", f"ppo.minibatch_size={args.minibatch}",
@@ -58,7 +59,8 @@ def ours_seconds(args: argparse.Namespace, policy: str, orm: str, out: str) -> f
            "eval_every=1000", "eval_problems=8", "eval_samples=1", "final_eval_problems=8",
            "final_eval_samples=1", "checkpoint_every=1000"]
     run_or_exit(cmd, ENV)
-    return statistics.median(r["seconds"] for r in read_jsonl(os.path.join(out, "log.jsonl"))[1:])
+    rows = read_jsonl(os.path.join(out, "log.jsonl"))[1:]
+    return {k: statistics.median(r[k] for r in rows) for k in ("seconds", "time/rollout", "time/experience", "time/train")}
 
 
 def run_or_exit(cmd: list[str], env: dict[str, str]) -> None:
@@ -200,9 +202,10 @@ def main() -> None:
           f"torch threads: {torch.get_num_threads()}")
     print(f"one iteration: {args.prompts} prompts x {args.samples} samples, minibatch {args.minibatch}, "
           f"{args.epochs} epochs, up to {args.max_new_tokens} new tokens (median of iterations 2-{ITERATIONS})")
-    print(f"ours (rl.ppo, ORM):     {ours:8.2f} s/iteration")
+    print(f"ours (rl.ppo, ORM):     {ours['seconds']:8.2f} s/iteration (rollout {ours['time/rollout']:.2f}, "
+          f"experience {ours['time/experience']:.2f}, train {ours['time/train']:.2f})")
     print(f"TRL (experimental.ppo): {trl:8.2f} s/iteration")
-    print(f"ratio ours / TRL: {ours / trl:.2f} (target <= 1)")
+    print(f"ratio ours / TRL: {ours['seconds'] / trl:.2f} (target <= 0.5)")
     print(f"\nactor bytes held per rank (MiB), {args.ranks} ranks, after one optimiser step:")
     print(f"{'stage':<7}{'rank':>5}{'params':>12}{'fp32 master':>12}{'Adam states':>12}{'total':>12}")
     for r in memory:

@@ -20,7 +20,7 @@ from reward.lora import folded_weights
 
 
 def ds_config(path: str, micro_batch: int, grad_clip: float, world: int, train: bool) -> dict[str, Any]:
-    """A DeepSpeed JSON with its "auto" values filled in; inference engines drop to stage 0 unless 3."""
+    """A DeepSpeed JSON with its "auto" values filled in; stage 0 for inference engines and one rank, unless 3."""
     if not os.path.isfile(path):
         raise ShepherdError(f"DeepSpeed config not found: {path} (key deepspeed)")
     try:
@@ -33,7 +33,9 @@ def ds_config(path: str, micro_batch: int, grad_clip: float, world: int, train: 
     cfg.setdefault("bf16", {})["enabled"] = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     cfg.pop("optimizer", None)  # we pass torch's AdamW: DeepSpeed's fused Adam compiles for minutes on CPU
     cfg.pop("scheduler", None)
-    if not train and zero_stage(cfg) != 3:
+    if zero_stage(cfg) != 3 and (not train or world == 1):
+        # Frozen engines, and ZeRO-1/2 on one rank (nothing to partition): stage 0, whose step skips the
+        # gradient bucketing and the all-reduce of a group of one (a third of a small model's step on CPU).
         cfg["zero_optimization"] = {"stage": 0}
     cfg["zero_allow_untested_optimizer"] = True
     return cfg

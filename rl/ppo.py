@@ -477,10 +477,11 @@ def ppo_epochs(cfg: DictConfig, m: Models, e: Experience, update: int, world: in
     return stats
 
 
-def log_row(e: Experience, stats: dict[str, list[float]], update: int, world: int, lr: float, seconds: float
+def log_row(e: Experience, stats: dict[str, list[float]], update: int, world: int, lr: float, clock: list[float]
             ) -> dict[str, float]:
     """The learned reward beside true accuracy (the hacking alarm), KL, lengths, steps per response and
-    the losses, averaged over ranks."""
+    the losses, averaged over ranks; the update's seconds and those of its phases (rank 0's clock:
+    rollouts; experience = scoring, reference, old log-probs, values, advantages; train = the epochs)."""
     rollouts, steps = e.rollouts, sum(len(r.steps) for r in e.rollouts)
     local = {
         "reward/task_return": float(e.task_rewards.sum(1).mean()),
@@ -497,7 +498,8 @@ def log_row(e: Experience, stats: dict[str, list[float]], update: int, world: in
     }
     reduced = all_reduce_sum(torch.tensor(list(local.values()), dtype=torch.float64))
     return {"update": update, **{k: round(float(v) / world, 5) for k, v in zip(local, reduced)},
-            "lr": lr, "seconds": round(seconds, 2)}
+            "lr": lr, "seconds": round(clock[-1] - clock[0], 2),
+            **{f"time/{k}": round(b - a, 2) for k, a, b in zip(("rollout", "experience", "train"), clock, clock[1:])}}
 
 
 # ----------------------------------------------------------------------------------- resume and finish
@@ -556,12 +558,15 @@ def run(cfg: DictConfig) -> dict:
     bar = tqdm(total=p.updates, initial=state["update"], desc="ppo", disable=rank != 0, dynamic_ncols=True)
     wall_before = state.get("wall", 0.0)
     for update in range(state["update"] + 1, p.updates + 1):
-        t0 = time.time()
+        clock = [time.time()]
         rollouts, prompt_tokens = collect_rollouts(cfg, task, m, problems, update, rank, world)
+        clock.append(time.time())
         experience = make_experience(cfg, m, rollouts, prompt_tokens, device)
+        clock.append(time.time())
         stats = ppo_epochs(cfg, m, experience, update, world, device)
         sync_rollout_weights(m.generator, m.actor, m.zero3)
-        row = log_row(experience, stats, update, world, m.actor.get_lr()[0], time.time() - t0)
+        clock.append(time.time())
+        row = log_row(experience, stats, update, world, m.actor.get_lr()[0], clock)
         if update % cfg.eval_every == 0 or update == p.updates:
             m.actor.eval()
             row.update({f"eval/{k}": v for k, v in evaluate(m.generator, task, eval_set, cfg.eval_samples,

@@ -256,3 +256,16 @@ def test_separator_tokens_are_the_step_breaks(tiny_world):
     flags = separator_tokens(torch.tensor([ids + [tok.pad_token_id]]), tok)[0].tolist()
     assert sum(flags) == 2 and all(tok.decode([t]).strip() == "" for t, f in zip(ids, flags) if f)
     assert tok.decode([t for t, f in zip(ids, flags) if not f]).replace(" ", "") == text.replace("\n", "").replace(" ", "")
+
+
+def test_one_rank_trains_at_stage_0_and_several_keep_their_zero_stage():
+    """ZeRO-1/2 partition nothing on one rank: the engine runs stage 0 (no gradient buckets, no
+    all-reduce of a group of one); two ranks keep the file's stage, and ZeRO-3 is kept everywhere."""
+    from rl.engines import ds_config, zero_stage
+
+    zero2, zero3 = str(REPO / "configs/deepspeed/zero2.json"), str(REPO / "configs/deepspeed/zero3.json")
+    assert zero_stage(ds_config(zero2, 16, 1.0, world=1, train=True)) == 0
+    assert zero_stage(ds_config(zero2, 16, 1.0, world=2, train=True)) == 2
+    assert zero_stage(ds_config(zero2, 16, 1.0, world=2, train=False)) == 0
+    assert zero_stage(ds_config(zero3, 16, 1.0, world=1, train=True)) == 3
+    assert ds_config(zero2, 16, 1.0, world=2, train=True)["train_batch_size"] == 32
