@@ -54,7 +54,7 @@ test-vllm:
 bench: install
 	test -f $(OUT)/world/metrics.json || $(SHEPHERD) world --config $(EXPERIMENT)
 	$(PY) benchmarks/generate.py --policy $(OUT)/world/policy
-	$(PY) benchmarks/annotate.py --policy $(OUT)/world/policy
+	$(PY) benchmarks/annotate.py --config $(EXPERIMENT) --policy $(OUT)/world/policy
 
 clean:
 	rm -rf outputs
