@@ -8,7 +8,8 @@ placement in `rl.rewards`); log-probs of actor and reference, values of the crit
 with the KL penalty; GAE (or, with `ppo.advantage=grpo|rloo`, no critic: step returns compared within
 each prompt's samples, `rl.advantages`); several epochs of clipped policy and value losses. Every
 `eval_every` updates: greedy and sampled accuracy on a held-out split (with `best_metric`, the best
-update's actor is kept and becomes the final policy); every `checkpoint_every`: actor, critic,
+update's actor is kept and becomes the final policy; with `hacking_patience`, the run stops when the
+learned reward rises while that accuracy falls, `rl.hacking`); every `checkpoint_every`: actor, critic,
 optimisers, schedulers and RNG, so `resume=true` finishes a killed run with the same number of
 updates. The PPO math is in `rl.losses`, the engines in `rl.engines`.
 """
@@ -41,9 +42,10 @@ from rl import engines
 from rl.advantages import BASELINES, CREDITS, ESTIMATORS, group_advantages, returns_to_go
 from rl.checkpoint import load_checkpoint, save_best, save_checkpoint
 from rl.evaluate import accuracies, accuracy_counts
+from rl.hacking import hacking
 from rl.losses import entropy_from_logits, gae, masked_mean, policy_loss, value_loss, whiten
-from rl.rewards import (ORACLE, RewardConfig, Rollout, check_config, normalize_task_rewards, oracle_step_scores,
-                        rollout_rewards, with_kl)
+from rl.rewards import (ORACLE, RewardConfig, Rollout, check_config, empty_steps, normalize_task_rewards,
+                        oracle_step_scores, rollout_rewards, with_kl)
 
 
 @dataclass
@@ -104,6 +106,9 @@ class PPOConfig(StageConfig):
     # the update with the highest value of that eval_split metric (HF Trainer's load_best_model_at_end):
     # its actor is checkpointed when it leads and restored before the final evaluation and the saved policy.
     best_metric: str = ""
+    # The hacking guard (rl.hacking): stop once, at this many evaluations in a row, validation accuracy
+    # (best_metric, else accuracy_t1) fell while the learned reward held or rose; 0: off.
+    hacking_patience: int = 0
     resume: bool = False
 
 
@@ -242,6 +247,8 @@ def check(cfg: DictConfig, world: int, task: Task) -> None:
                                 ("baseline", p.baseline, BASELINES)):
         if value not in allowed:
             raise ShepherdError(f"unknown {key} '{value}' (key ppo.{key}); use one of {', '.join(allowed)}")
+    if cfg.hacking_patience < 0:
+        raise ShepherdError(f"hacking_patience={cfg.hacking_patience} must be >= 0 (key hacking_patience; 0: off)")
     if p.advantage != "gae" and p.samples_per_prompt < 2:
         raise ShepherdError(f"ppo.advantage={p.advantage} compares the samples of one prompt: ppo.samples_per_prompt >= 2")
     if cfg.lora.enabled and "zero3" in os.path.basename(cfg.deepspeed):
@@ -344,7 +351,7 @@ def collect_rollouts(cfg: DictConfig, task: Task, m: Models, problems: list[Prob
             model.eval()
     samples = m.generator.generate(texts, p.samples_per_prompt, p.temperature,
                                    seed=cfg.seed * 1_000_003 + update * world + rank)
-    eos = [m.tokenizer.eos_token_id]
+    eos, separator = [m.tokenizer.eos_token_id], task.join_steps(["", ""])
     rollouts, prompt_tokens = [], []
     for q, text, group in zip(batch_problems, texts, samples):
         ids = prompt_ids(m.generator, text)
@@ -352,7 +359,7 @@ def collect_rollouts(cfg: DictConfig, task: Task, m: Models, problems: list[Prob
             g = task.grade(q, s.text)
             rollouts.append(Rollout(q.question, s.text, s.token_ids + (eos if s.finished else []), g["steps"],
                                     bool(g["correct"]), g["answer"] is not None, bool(g["well_formed"]),
-                                    g.get("first_error")))
+                                    g.get("first_error"), empty_steps(s.text, separator)))
             prompt_tokens.append(ids)
     return rollouts, prompt_tokens
 
@@ -491,6 +498,7 @@ def log_row(e: Experience, stats: dict[str, list[float]], update: int, world: in
         "train/accuracy": sum(r.correct for r in rollouts) / len(rollouts),
         "train/format_error": sum(not r.well_formed for r in rollouts) / len(rollouts),
         "train/no_answer": sum(not r.has_answer for r in rollouts) / len(rollouts),
+        "train/empty_steps": sum(r.empty_steps for r in rollouts) / len(rollouts),
         "kl/per_response": float(e.kl.sum(1).mean()),
         "response/length": float(e.batch.mask.sum(1).mean()),
         "response/steps": steps / len(rollouts),
@@ -508,7 +516,7 @@ def start_or_resume(cfg: DictConfig, m: Models, ckpt_root: str, log_path: str, r
     again), else a fresh start that clears an earlier run's checkpoints, TensorBoard files and log."""
     loaded = load_checkpoint(ckpt_root, m.actor, m.critic, rank) if cfg.resume else None
     if loaded is not None:
-        state = {k: v for k, v in loaded.items() if k in ("update", "sft", "wall", "best")}
+        state = {k: v for k, v in loaded.items() if k in ("update", "sft", "wall", "best", "evals", "scores", "stopped")}
         sync_rollout_weights(m.generator, m.actor, m.zero3)
         if rank == 0:
             write_jsonl_atomic(log_path, [r for r in read_jsonl_resumable(log_path) if r["update"] <= state["update"]])
@@ -525,11 +533,11 @@ def final_metrics(cfg: DictConfig, state: dict[str, Any], final: dict[str, float
                   world: int, seconds: float) -> dict[str, Any]:
     """The final split's accuracies beside the starting policy's (paired), and the chosen update's log."""
     p, best = cfg.ppo, state.get("best")
-    chosen = best["update"] if best is not None else p.updates
+    chosen = best["update"] if best is not None else state.get("stopped") or p.updates
     log = read_jsonl_resumable(log_path) if rank == 0 else []
     last = next((r for r in log if r["update"] == chosen), {})  # the policy's own update
     return {**final, **{f"sft_{k}": v for k, v in state["sft"].items() if k != "problems"},
-            "final_split": cfg.final_split, "updates": p.updates,
+            "final_split": cfg.final_split, "updates": p.updates, "stopped_by_hacking_guard": state.get("stopped"),
             "policy_update": chosen, "world_size": world, "reward_type": cfg.reward.type,
             "rollouts": p.updates * p.prompts_per_update * p.samples_per_prompt,
             "final_task_return": last.get("reward/task_return"), "final_kl": last.get("kl/per_response"),
@@ -557,7 +565,8 @@ def run(cfg: DictConfig) -> dict:
     writer = SummaryWriter(os.path.join(cfg.output_dir, "tensorboard"), purge_step=state["update"] + 1) if rank == 0 else None
     bar = tqdm(total=p.updates, initial=state["update"], desc="ppo", disable=rank != 0, dynamic_ncols=True)
     wall_before = state.get("wall", 0.0)
-    for update in range(state["update"] + 1, p.updates + 1):
+    metric = cfg.best_metric or "accuracy_t1"
+    for update in range(state["update"] + 1, (state.get("stopped") or p.updates) + 1):
         clock = [time.time()]
         rollouts, prompt_tokens = collect_rollouts(cfg, task, m, problems, update, rank, world)
         clock.append(time.time())
@@ -567,6 +576,7 @@ def run(cfg: DictConfig) -> dict:
         sync_rollout_weights(m.generator, m.actor, m.zero3)
         clock.append(time.time())
         row = log_row(experience, stats, update, world, m.actor.get_lr()[0], clock)
+        state.setdefault("scores", []).append(row["reward/score"])
         if update % cfg.eval_every == 0 or update == p.updates:
             m.actor.eval()
             row.update({f"eval/{k}": v for k, v in evaluate(m.generator, task, eval_set, cfg.eval_samples,
@@ -574,6 +584,10 @@ def run(cfg: DictConfig) -> dict:
             value = row.get(f"eval/{cfg.best_metric}")
             if value is not None and value > state.get("best", {}).get("value", -1.0):
                 state["best"] = save_best(ckpt_root, update, value, m.actor)
+            state.setdefault("evals", []).append([sum(state["scores"]) / len(state["scores"]), row[f"eval/{metric}"]])
+            state["scores"] = []
+            if hacking(state["evals"], cfg.hacking_patience):
+                state["stopped"] = row["hacking/stopped"] = update
         if rank == 0:
             append_jsonl(log_path, [row])
             for k, v in row.items():
@@ -582,12 +596,14 @@ def run(cfg: DictConfig) -> dict:
             writer.flush()
             bar.set_postfix(reward=f"{row['reward/task_return']:.3f}", acc=f"{row['train/accuracy']:.3f}")
             bar.update(1)
-        if update % cfg.checkpoint_every == 0 or update == p.updates:
+        if update % cfg.checkpoint_every == 0 or update == p.updates or state.get("stopped"):
             state.update(update=update, wall=wall_before + time.time() - started)
             save_checkpoint(ckpt_root, update, m.actor, m.critic, state, rank)
+        if state.get("stopped"):
+            break
     bar.close()
     best = state.get("best")
-    if best is not None and best["update"] != p.updates:
+    if best is not None and best["update"] != (state.get("stopped") or p.updates):
         m.actor.load_checkpoint(best["path"], tag="actor")
         sync_rollout_weights(m.generator, m.actor, m.zero3)
     m.actor.eval()

@@ -13,7 +13,9 @@
 first wrong step, 0 from it on, the scores a perfect first-error PRM would give, so that a run
 measures what step-by-step PPO gains with no verifier error (the ceiling a learned PRM aims at).
 Every type adds `rule_weight` x the rule reward (a weighted sum of process and outcome reward), a
-penalty for a rollout without a final answer or with broken format, and a per-token KL penalty.
+penalty for a rollout without a final answer or with broken format, `empty_step_penalty` for each
+empty or whitespace-only step (a policy paid per step can pad with them: PURE's verl port collapsed to
+empty outputs), and a per-token KL penalty.
 
 The reward model may use another tokenizer and step tag than the policy: steps are split from the
 rollout's text, written in the reward model's own format (`format`: ours, or the released
@@ -24,6 +26,7 @@ last token and has no hook for step rewards.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -56,6 +59,7 @@ class RewardConfig:
     rule_weight: float = 0.0  # weight of the 1/0 gold-answer reward added at the last token
     no_answer_penalty: float = -1.0  # at the last token of a rollout with no final answer
     format_penalty: float = -0.5  # at the last token of a rollout with an answer but broken steps
+    empty_step_penalty: float = 0.0  # x the rollout's empty or whitespace-only steps, at its last token
     kl_coef: float = 0.02  # per-token KL penalty against the reference policy
     kl_estimator: str = "k1"  # k1 | k3
     normalize: bool = False  # divide task rewards by the batch std of their per-rollout sums
@@ -133,6 +137,20 @@ def token_ends(tokenizer: Any, token_ids: Sequence[int], char_ends: Sequence[int
     return out
 
 
+def empty_steps(text: str, separator: str) -> int:
+    """Empty or whitespace-only steps of a response whose steps are joined by `separator` ("\n" or
+    "\n\n"): the whole separators of line breaks beyond the one between two steps, and those before
+    the first step. Steps are split with empty lines dropped, so these earn no step reward, and are
+    counted here so that they can cost one."""
+    per = max(1, separator.count("\n"))
+    text = text.rstrip()
+    count = 0
+    for run in re.finditer(r"\s+", text):
+        breaks = run.group().count("\n")
+        count += breaks // per if run.start() == 0 else max(0, breaks - per) // per
+    return count
+
+
 def place(n_tokens: int, step_ends: Sequence[int], step_rewards: Sequence[float], outcome: float) -> list[float]:
     """One rollout's task rewards: each step's at its last token, the outcome at the last token."""
     rewards = [0.0] * n_tokens
@@ -154,6 +172,7 @@ class Rollout:
     has_answer: bool
     well_formed: bool
     first_error: int | None = None  # the oracle's first wrong step (arith), None when all are right
+    empty_steps: int = 0  # `empty_steps` of its text
 
 
 def oracle_step_scores(rollout: Rollout) -> list[float]:
@@ -166,6 +185,7 @@ def rollout_rewards(rollout: Rollout, cfg: Any, tokenizer: Any, step_scores: Seq
     """Task rewards (no KL) for every token of one rollout, and what went into them."""
     rule = float(rollout.correct)
     penalty = 0.0 if rollout.well_formed else cfg.format_penalty if rollout.has_answer else cfg.no_answer_penalty
+    penalty += cfg.empty_step_penalty * rollout.empty_steps
     outcome = cfg.rule_weight * rule + penalty
     step_rewards: list[float] = []
     ends: list[int] = []

@@ -8,8 +8,8 @@ from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from reward.errors import ShepherdError
 from reward.prm import score_steps
-from rl.rewards import (RewardConfig, Rollout, check_config, oracle_step_scores, rollout_rewards, shape_step_scores,
-                        with_kl)
+from rl.rewards import (RewardConfig, Rollout, check_config, empty_steps, oracle_step_scores, rollout_rewards,
+                        shape_step_scores, with_kl)
 from rl.tokenizer import build_tokenizer
 
 Q = "Compute 3 + 4 * 2 mod 10."
@@ -177,3 +177,30 @@ def test_a_rollout_without_steps_gets_no_process_score(tok):
     r = Rollout(Q, "", [tok.eos_token_id], [], True, False, False)
     rewards, info = rollout_rewards(r, cfg(type="prm", model="x", no_answer_penalty=-1.0), tok, [])
     assert rewards == [-1.0] and info["score"] == 0.0
+
+
+@pytest.mark.parametrize("text,separator,count", [
+    (TEXT, "\n", 0),
+    (TEXT + "\n\n", "\n", 0),  # trailing breaks before EOS end the response, they pad nothing
+    ("3 + 4 = 7\n\n\n7 * 2 = 4\nThe answer is 4", "\n", 2),
+    ("3 + 4 = 7\n  \t\n7 * 2 = 4\n \nThe answer is 4", "\n", 2),  # whitespace-only lines
+    ("\n3 + 4 = 7\nThe answer is 4", "\n", 1),
+    ("a b\n\nc d\n\nThe answer is 4", "\n\n", 0),  # paragraphs: one blank line is the separator
+    ("a b\n\n\n\nc d\n\n\nThe answer is 4", "\n\n", 1),
+    ("\n\na b\n\nThe answer is 4", "\n\n", 1),
+])
+def test_empty_steps_are_the_breaks_beyond_one_separator(text, separator, count):
+    assert empty_steps(text, separator) == count
+
+
+def test_empty_step_penalty_lands_at_the_last_token_per_empty_step(tok):
+    """Two empty lines cost 2 x the penalty at the last token; every step reward stays where it was."""
+    c = cfg(type="prm", model="x", shaping="none", empty_step_penalty=-0.25)
+    clean, _ = rollout_rewards(rollout(tok), c, tok, [0.9, 0.6, 0.8])
+    padded = rollout(tok)
+    padded.empty_steps = 2
+    rewards, info = rollout_rewards(padded, c, tok, [0.9, 0.6, 0.8])
+    assert rewards[:-1] == clean[:-1]
+    assert rewards[-1] == pytest.approx(clean[-1] - 0.5) and info["penalty"] == pytest.approx(-0.5)
+    off, _ = rollout_rewards(padded, cfg(type="prm", model="x", shaping="none"), tok, [0.9, 0.6, 0.8])
+    assert off == clean  # the default charges nothing
