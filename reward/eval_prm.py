@@ -23,10 +23,9 @@ from omegaconf import DictConfig
 
 from reward.config import StageConfig
 from reward.errors import ShepherdError
+from reward.adapters import AdapterSettings, load_reward_model, score_items
 from reward.formats import TAGGED, check_format
-from reward.generation import load_causal_lm, load_tokenizer
 from reward.io import read_jsonl, write_atomic
-from reward.prm import score_steps
 from reward.score import question_and_steps
 from reward.stage import stage_main
 
@@ -35,9 +34,9 @@ THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(1, 20))  # 0.05 .. 0.95
 
 
 @dataclass
-class EvalPrmConfig(StageConfig):
+class EvalPrmConfig(AdapterSettings, StageConfig):
     model: str = ""  # a PRM folder (train-prm output `model/`)
-    format: str = TAGGED  # the PRM's text format: tagged (ours) | math-shepherd (the released PRM)
+    format: str = TAGGED  # the PRM's convention (reward.adapters): tagged | math-shepherd | qwen-prm | separator
     source: str = "arith"  # arith | processbench
     input: str = ""  # arith: stepwise.jsonl from `shepherd annotate` (oracle first_error)
     path: str = ""  # processbench: one of its json files (gsm8k.json, math.json, ...)
@@ -185,10 +184,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     if not test:
         raise ShepherdError("the test split is empty: give more records or lower val_share")
 
-    tokenizer = load_tokenizer(cfg.model, "model")
-    model = load_causal_lm(cfg.model, "model", cfg.dtype, cfg.device)
-    scores = score_steps(model, tokenizer, [(c.question, c.steps) for c in val + test], cfg.batch_size,
-                         fmt=cfg.format)
+    model, tokenizer = load_reward_model(cfg.model, "model", cfg.format, cfg.dtype, cfg.device)
+    scores = score_items(model, tokenizer, [(c.question, c.steps) for c in val + test], cfg.format, cfg, cfg.batch_size)
     threshold, val_m = choose_threshold(scores[: len(val)], [c.label for c in val])
     test_m = first_error_metrics([predict_first_error(s, threshold) for s in scores[len(val):]], [c.label for c in test])
     write_report(cfg.output_dir, cfg, threshold, {"validation": val_m, "test": test_m})

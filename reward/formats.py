@@ -11,7 +11,9 @@ scores steps takes the format of its reward model from a config key (`format`, `
   `question Step 1: ... ки\\nStep 2: ... ки` (question and first step on one line, each step prefixed
   `Step k: ` unless it already starts with it, steps joined by a newline, nothing after the last tag).
 A Math-Shepherd row (`input`/`label`) already is a reward-model text: it is scored as it stands
-(`reward.labels.split_math_shepherd`), whatever the format.
+(`reward.labels.split_math_shepherd`) by either.
+Two more formats read reward models of other conventions (`qwen-prm`, `separator`): `reward.adapters`
+writes their texts and scores them; both take (question, steps), never segments.
 """
 from __future__ import annotations
 
@@ -20,8 +22,9 @@ from typing import Any, Sequence
 from reward.errors import ShepherdError
 from reward.tasks import STEP_TAG
 
-TAGGED, MATH_SHEPHERD = "tagged", "math-shepherd"
-FORMATS = (TAGGED, MATH_SHEPHERD)
+TAGGED, MATH_SHEPHERD, QWEN_PRM, SEPARATOR = "tagged", "math-shepherd", "qwen-prm", "separator"
+TAG_FORMATS = (TAGGED, MATH_SHEPHERD)  # a tag after every step, +/- read at it (reward.prm)
+FORMATS = (*TAG_FORMATS, QWEN_PRM, SEPARATOR)
 STEP_PREFIX = "Step {k}: "  # math-shepherd: what starts step k
 
 
@@ -52,7 +55,8 @@ def check_format(name: str, key: str) -> None:
 def segments(question: str, steps: Sequence[str], fmt: str = TAGGED) -> list[str]:
     """The reward model's text for (question, steps) in format `fmt`, cut at the step tags: one more
     segment than steps (the text before the first tag, between tags, after the last)."""
-    check_format(fmt, "format")
+    if fmt not in TAG_FORMATS:
+        raise ShepherdError(f"format '{fmt}' has no step tags to cut at; use one of {', '.join(TAG_FORMATS)}")
     if fmt == TAGGED:
         head, bodies, tails = question + "\n", list(steps), ["\n"] * len(steps)
     else:

@@ -2,8 +2,8 @@
 one forward pass, solutions batched. Reads either `annotate` format or `{"problem"|"question", "steps"}`
 records and writes `scores.jsonl`: each input record, in input order, with `step_scores` added.
 A Math-Shepherd row (`input`/`label`) is scored as its text stands, one score per step tag; other
-records are written in the reward model's format (key `format`: `tagged`, ours, or `math-shepherd`,
-the released math-shepherd-mistral-7b-prm's)."""
+records are written in the reward model's convention (key `format`: `tagged`, ours; `math-shepherd`,
+the released math-shepherd-mistral-7b-prm's; `qwen-prm`; `separator`: `reward.adapters`)."""
 from __future__ import annotations
 
 import os
@@ -14,19 +14,19 @@ from omegaconf import DictConfig
 
 from reward.config import StageConfig
 from reward.errors import ShepherdError
-from reward.generation import load_causal_lm, load_tokenizer
+from reward.adapters import AdapterSettings, load_reward_model, score_items
+from reward.formats import TAG_FORMATS, TAGGED, check_format, segments
 from reward.io import read_jsonl, write_jsonl_atomic
-from reward.formats import TAGGED, check_format, segments
 from reward.labels import from_math_shepherd, split_math_shepherd
 from reward.prm import aggregate, score_segments
 from reward.stage import stage_main
 
 
 @dataclass
-class ScoreConfig(StageConfig):
+class ScoreConfig(AdapterSettings, StageConfig):
     model: str = ""  # a reward-model folder (train-prm / train-orm output `model/`)
     input: str = ""
-    format: str = TAGGED  # the reward model's text format: tagged (ours) | math-shepherd (the released PRM)
+    format: str = TAGGED  # the reward model's convention (reward.adapters): tagged | math-shepherd | qwen-prm | separator
     batch_size: int = 64
     max_length: int = 1024
     dtype: str = "auto"
@@ -62,10 +62,12 @@ def run(cfg: DictConfig) -> dict:
         raise ShepherdError("no input given (key input)")
     check_format(cfg.format, "format")
     records = read_jsonl(cfg.input)
-    texts = [record_segments(r, f"{cfg.input}:{i + 1}", cfg.format) for i, r in enumerate(records)]
-    tokenizer = load_tokenizer(cfg.model, "model")
-    model = load_causal_lm(cfg.model, "model", cfg.dtype, cfg.device)
-    scores = score_segments(model, tokenizer, texts, cfg.batch_size, cfg.max_length)
+    where = [f"{cfg.input}:{i + 1}" for i in range(len(records))]
+    tagged = cfg.format in TAG_FORMATS  # then a Math-Shepherd row is scored as its text stands
+    parsed = [record_segments(r, w, cfg.format) if tagged else question_and_steps(r, w) for r, w in zip(records, where)]
+    model, tokenizer = load_reward_model(cfg.model, "model", cfg.format, cfg.dtype, cfg.device)
+    scores = (score_segments(model, tokenizer, parsed, cfg.batch_size, cfg.max_length, cfg.step_tag) if tagged
+              else score_items(model, tokenizer, parsed, cfg.format, cfg, cfg.batch_size, cfg.max_length))
     write_jsonl_atomic(os.path.join(cfg.output_dir, "scores.jsonl"),
                        [{**r, "step_scores": [round(x, 6) for x in s]} for r, s in zip(records, scores)])
     mins = [aggregate(s, "min") for s in scores]

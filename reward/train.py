@@ -26,7 +26,7 @@ from reward.errors import ShepherdError
 from reward.generation import load_causal_lm, load_tokenizer
 from reward.grow import expand_layers, freeze_all_but_last_layers
 from reward.io import iter_jsonl
-from reward.formats import TAGGED, check_format
+from reward.formats import TAG_FORMATS, TAGGED
 from reward.labels import from_math_shepherd
 from reward.lora import LoraSettings, apply_lora
 from reward.prm import encode_tagged, ensure_label_tokens, score_steps, step_bce
@@ -178,7 +178,9 @@ def run(cfg: DictConfig) -> dict:
         raise ShepherdError(f"unknown label type '{cfg.label_type}' (key label_type); use he or se")
     if cfg.label_scope not in ("all", "first_error"):
         raise ShepherdError(f"unknown label scope '{cfg.label_scope}' (key label_scope); use all or first_error")
-    check_format(cfg.format, "format")
+    if cfg.format not in TAG_FORMATS:
+        raise ShepherdError(f"train-prm / train-orm write format tagged or math-shepherd, not '{cfg.format}' (key format): "
+                            "the other formats read released reward models")
     if cfg.kind == "orm" and cfg.label_scope != "all":
         raise ShepherdError("label_scope applies to the PRM; an ORM has one label per solution (key label_scope)")
     if not cfg.data:

@@ -24,21 +24,23 @@ from omegaconf import DictConfig
 from reward.batching import right_pad
 from reward.config import GenerationConfig, StageConfig
 from reward.errors import ShepherdError
+from reward.adapters import AdapterSettings, load_reward_model, score_items
 from reward.formats import TAGGED, check_format
 from reward.generation import load_causal_lm, load_generator, load_tokenizer
 from reward.io import read_jsonl, write_atomic, write_jsonl_atomic
-from reward.prm import aggregate, score_steps
+from reward.prm import aggregate
 from reward.sample import sample_and_grade
 from reward.stage import stage_main
 from reward.tasks import load_task
 
 
 @dataclass
-class VerifyConfig(StageConfig):
+class VerifyConfig(AdapterSettings, StageConfig):
     policy: str = ""
     prm: str = ""  # reward-model folders; either may be empty (its methods are then left out)
     orm: str = ""
-    prm_format: str = TAGGED  # each reward model's text format: tagged (ours) | math-shepherd (the released PRM)
+    # each reward model's convention (reward.adapters): tagged | math-shepherd | qwen-prm | separator
+    prm_format: str = TAGGED
     orm_format: str = TAGGED
     split: str = "test"
     num_problems: int = 200
@@ -192,9 +194,8 @@ def run(cfg: DictConfig) -> dict:
     step_scores: dict[str, list[list[float]]] = {}
     for name in ("prm", "orm"):
         if cfg[name]:
-            model = load_causal_lm(cfg[name], name)
-            step_scores[name] = score_steps(model, load_tokenizer(cfg[name], name), items, cfg.score_batch_size,
-                                            fmt=cfg[f"{name}_format"])
+            model, rm_tok = load_reward_model(cfg[name], name, cfg[f"{name}_format"])
+            step_scores[name] = score_items(model, rm_tok, items, cfg[f"{name}_format"], cfg, cfg.score_batch_size)
             del model
     tok = load_tokenizer(cfg.policy)
     policy = load_causal_lm(cfg.policy)

@@ -34,7 +34,7 @@ from reward.distributed import all_reduce_sum
 from reward.errors import ShepherdError
 from reward.generation import Generator, HFGenerator, load_causal_lm, load_tokenizer
 from reward.io import append_jsonl, read_jsonl_resumable, write_jsonl_atomic
-from reward.prm import score_steps
+from reward.adapters import load_reward_model, score_items
 from reward.stage import stage_main
 from reward.tasks import Problem, Task, load_task
 from reward.lora import LoraSettings, apply_lora, folded_weights
@@ -329,7 +329,8 @@ def build_models(cfg: DictConfig, world: int, rank: int, device: torch.device) -
                                                      frozen_cfg, None, device)
     rm = rm_tokenizer = None
     if rc.type != "rule" and rc.model != ORACLE:
-        rm = engines.build(lambda: load_causal_lm(rc.model, "reward.model", device="cpu"), frozen_cfg, None, device)
+        rm = engines.build(lambda: load_reward_model(rc.model, "reward.model", rc.format, device="cpu")[0], frozen_cfg,
+                           None, device)
         rm_tokenizer = load_tokenizer(rc.model, "reward.model")
     zero3 = engines.zero_stage(train_cfg) == 3
     generator = build_generator(cfg, actor, tokenizer, zero3, world, rank)
@@ -388,8 +389,8 @@ def score_and_place(cfg: DictConfig, m: Models, rollouts: list[Rollout], prompt_
     rc = cfg.reward
     step_scores: list[list[float] | None] = [None] * len(rollouts)
     if m.rm is not None:
-        step_scores = score_steps(m.rm.module, m.rm_tokenizer, [(r.question, r.steps) for r in rollouts],
-                                  rc.score_batch_size, rc.max_length, rc.step_tag, rc.format)
+        step_scores = score_items(m.rm.module, m.rm_tokenizer, [(r.question, r.steps) for r in rollouts], rc.format,
+                                  rc, rc.score_batch_size, rc.max_length)
     elif rc.model == ORACLE:
         step_scores = [oracle_step_scores(r) for r in rollouts]
     placed = [rollout_rewards(r, rc, m.tokenizer, s) for r, s in zip(rollouts, step_scores)]

@@ -33,8 +33,9 @@ from typing import Any, Sequence
 import torch
 
 from reward.errors import ShepherdError
+from reward.adapters import AdapterSettings
 from reward.formats import TAGGED, check_format
-from reward.tasks import STEP_TAG, first_error_labels
+from reward.tasks import first_error_labels
 from rl.losses import kl_estimate
 
 TYPES = ("prm", "prm_min", "orm", "rule")
@@ -43,11 +44,10 @@ SHAPINGS = ("delta", "clip", "none")
 
 
 @dataclass
-class RewardConfig:
+class RewardConfig(AdapterSettings):  # step_tag, separator, label_tokens: the reward model's convention
     type: str = "prm"  # prm | prm_min | orm | rule
     model: str = ""  # reward-model folder (prm, prm_min, orm), or `oracle` (arith: the oracle's step labels)
-    step_tag: str = STEP_TAG  # the reward model's own step tag
-    format: str = TAGGED  # the reward model's text format: tagged (ours) | math-shepherd (the released PRM)
+    format: str = TAGGED  # the reward model's convention (reward.adapters): tagged | math-shepherd | qwen-prm | separator
     shaping: str = "delta"  # prm: delta | clip | none
     delta_base: float = 0.5  # delta: the score before the first step
     clip_threshold: float = 0.5  # clip: step reward min(p - threshold, 0)
