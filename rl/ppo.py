@@ -511,6 +511,16 @@ def log_row(e: Experience, stats: dict[str, list[float]], update: int, world: in
             **{f"time/{k}": round(b - a, 2) for k, a, b in zip(("rollout", "experience", "train"), clock, clock[1:])}}
 
 
+def peak_memory_gb(device: torch.device) -> float:
+    """This rank's peak so far: allocated accelerator memory on a GPU, the process's resident set on a
+    CPU (where the models live then), in GiB."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**30, 3)
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 3)  # Linux: KiB
+
+
 # ----------------------------------------------------------------------------------- resume and finish
 def start_or_resume(cfg: DictConfig, m: Models, ckpt_root: str, log_path: str, rank: int) -> dict[str, Any]:
     """The run's state: from the last checkpoint with `resume` (log lines after it dropped: they run
@@ -576,7 +586,8 @@ def run(cfg: DictConfig) -> dict:
         stats = ppo_epochs(cfg, m, experience, update, world, device)
         sync_rollout_weights(m.generator, m.actor, m.zero3)
         clock.append(time.time())
-        row = log_row(experience, stats, update, world, m.actor.get_lr()[0], clock)
+        row = {**log_row(experience, stats, update, world, m.actor.get_lr()[0], clock),
+               "memory/peak_gb": peak_memory_gb(device)}
         state.setdefault("scores", []).append(row["reward/score"])
         if update % cfg.eval_every == 0 or update == p.updates:
             m.actor.eval()

@@ -231,6 +231,8 @@ def test_critic_free_ppo_builds_no_critic_and_raises_the_reward(advantage, tiny_
     assert [r["update"] for r in rows] == list(range(1, 9))
     assert rises(rows), [r["reward/task_return"] for r in rows]
     assert all(r["loss/value_loss"] == 0 for r in rows)  # no value loss: no critic
+    peaks = [r["memory/peak_gb"] for r in rows]
+    assert peaks == sorted(peaks) and peaks[0] > 0.1  # a running peak, models included
     saved = [p.name for p in (out / "checkpoints" / "update_00008").iterdir()]
     assert "actor" in saved and "critic" not in saved
 
