@@ -29,11 +29,10 @@ from typing import Any, Sequence
 
 import torch
 
-from reward.batching import right_pad
 from reward.errors import ShepherdError
 from reward.formats import MATH_SHEPHERD, QWEN_PRM, SEPARATOR, TAGGED, check_format
 from reward.generation.base import load_causal_lm, load_tokenizer, model_location, resolve_device, resolve_dtype
-from reward.prm import score_steps
+from reward.prm import score_encoded, score_steps
 from reward.tasks import BAD_TOKEN, GOOD_TOKEN, STEP_TAG
 
 QWEN_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -99,8 +98,7 @@ def load_qwen_prm(path: str, key: str, dtype: str = "auto", device: str = "auto"
 
 
 def load_reward_model(path: str, key: str, fmt: str, dtype: str = "auto", device: str = "auto") -> tuple[Any, Any]:
-    """The model and tokenizer of a reward-model folder in format `fmt`."""
-    check_format(fmt, key.rsplit(".", 1)[0] + ".format" if "." in key else "format")
+    """The model and tokenizer of a reward-model folder in format `fmt` (checked by the caller)."""
     model = load_qwen_prm(path, key, dtype, device) if fmt == QWEN_PRM else load_causal_lm(path, key, dtype, device)
     return model, load_tokenizer(path, key)
 
@@ -134,23 +132,6 @@ def encode_separated(tokenizer: Any, question: str, steps: Sequence[str], separa
     return ids, ends
 
 
-@torch.no_grad()
-def score_encoded(model: Any, encoded: list[tuple[list[int], list[int]]], pad: int, batch_size: int,
-                  probability: Any) -> list[list[float]]:
-    """One forward per text, texts of similar length batched (right padding), `probability(logits)`
-    [B, T, V] -> [B, T] read at each text's step positions."""
-    device = next(model.parameters()).device
-    order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))
-    out: list[list[float]] = [[] for _ in encoded]
-    for start in range(0, len(order), batch_size):
-        idx = order[start: start + batch_size]
-        ids, mask = right_pad([encoded[i][0] for i in idx], pad)
-        probs = probability(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits.float()).cpu()
-        for row, i in enumerate(idx):
-            out[i] = probs[row, encoded[i][1]].tolist()
-    return out
-
-
 def score_items(model: Any, tokenizer: Any, items: Sequence[tuple[str, Sequence[str]]], fmt: str = TAGGED,
                 settings: AdapterSettings | Any = None, batch_size: int = 64, max_length: int = 0
                 ) -> list[list[float]]:
@@ -158,17 +139,16 @@ def score_items(model: Any, tokenizer: Any, items: Sequence[tuple[str, Sequence[
     s = settings or AdapterSettings()
     if fmt in (TAGGED, MATH_SHEPHERD):
         return score_steps(model, tokenizer, items, batch_size, max_length, s.step_tag, fmt)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     if fmt == QWEN_PRM:
         step_id = single_token(tokenizer, QWEN_STEP, "the step token")
         encoded = [encode_qwen(tokenizer, q, st, step_id, max_length) for q, st in items]
-        return score_encoded(model, encoded, pad, batch_size, lambda logits: logits.softmax(-1)[..., 1])
+        return score_encoded(model, tokenizer, encoded, batch_size, lambda logits: logits.float().softmax(-1)[..., 1])
     if fmt == SEPARATOR:
         if len(s.label_tokens) != 2:
             raise ShepherdError(f"label_tokens must be two tokens, good then bad; got {list(s.label_tokens)}")
         good, bad = (single_token(tokenizer, t, "the label token") for t in s.label_tokens)
         encoded = [encode_separated(tokenizer, q, st, s.separator, max_length) for q, st in items]
-        return score_encoded(model, encoded, pad, batch_size,
-                             lambda logits: logits[..., [good, bad]].softmax(-1)[..., 0])
+        return score_encoded(model, tokenizer, encoded, batch_size,
+                             lambda logits: logits[..., [good, bad]].float().softmax(-1)[..., 0])
     check_format(fmt, "format")
     raise AssertionError(fmt)

@@ -11,7 +11,7 @@ truncates soft labels to ints; the Math-Shepherd convention keeps the LM head.
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -106,23 +106,31 @@ def score_steps(model: Any, tokenizer: Any, items: Sequence[tuple[str, Sequence[
     return score_segments(model, tokenizer, [segments(q, s, fmt) for q, s in items], batch_size, max_length, tag)
 
 
-@torch.no_grad()
 def score_segments(model: Any, tokenizer: Any, texts: Sequence[Sequence[str]], batch_size: int = 64,
                    max_length: int = 0, tag: str = STEP_TAG) -> list[list[float]]:
     """P(correct) at every step tag of every text, given cut at its tags (`reward.formats.segments`):
     one forward pass per text, texts batched (right padding; the causal mask keeps padding out of the
     tags' context)."""
     tag_id, good_id, bad_id = label_token_ids(tokenizer, tag)
+    encoded = [encode_segments(tokenizer, segs, tag_id, tag, max_length) for segs in texts]
+    return score_encoded(model, tokenizer, encoded, batch_size,
+                         lambda logits: torch.sigmoid(tag_logit_margin(logits, good_id, bad_id)))
+
+
+@torch.no_grad()
+def score_encoded(model: Any, tokenizer: Any, encoded: Sequence[tuple[list[int], list[int]]], batch_size: int,
+                  probability: Callable[[torch.Tensor], torch.Tensor]) -> list[list[float]]:
+    """One forward per encoded text (token ids, step positions), texts of similar length batched (right
+    padding), `probability(logits)` [B, T, V] -> [B, T] read at each text's step positions: the pass
+    every reward-model convention shares (`reward.adapters`)."""
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(model.parameters()).device
-    encoded = [encode_segments(tokenizer, segs, tag_id, tag, max_length) for segs in texts]
     order = sorted(range(len(encoded)), key=lambda i: len(encoded[i][0]))  # similar lengths together
     out: list[list[float]] = [[] for _ in encoded]
     for start in range(0, len(order), batch_size):
         idx = order[start: start + batch_size]
         ids, mask = right_pad([encoded[i][0] for i in idx], pad)
-        logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
-        probs = torch.sigmoid(tag_logit_margin(logits, good_id, bad_id)).cpu()
+        probs = probability(model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits).cpu()
         for row, i in enumerate(idx):
             out[i] = probs[row, encoded[i][1]].tolist()
     return out
