@@ -8,8 +8,9 @@ naive loop's work (N completions for every prefix), so its ratio is the like-for
         --policy outputs/arith_copy/world/policy [--n 8 --solutions 64]
 
 What ours does (reward/completion.py, reward/generation/hf.py): identical prefixes completed once,
-all prefixes of a chunk in generate calls of `generation.batch_size` rows ordered by expected
-completion length, each prompt's KV cache computed once and copied to its N samples.
+all prefixes of a chunk in batches of `generation.batch_size` rows ordered by expected completion
+length, each prompt's KV cache computed once and copied to its N samples, finished rows dropped from
+the batch and its cache.
 Target: `full` >= 10x.
 """
 from __future__ import annotations
@@ -20,6 +21,8 @@ import os
 import tempfile
 import time
 
+import torch
+
 from reward.annotate import AnnotateConfig, read_solutions
 from reward.completion import Completer, run_strategy
 from reward.config import load_config
@@ -29,13 +32,18 @@ from reward.tasks import load_task
 
 
 def naive(gen, task, sols, n: int) -> int:
-    """One generate per prefix, N samples, nothing shared."""
+    """One plain `model.generate` per prefix with its N samples (`num_return_sequences`): the prefix is
+    encoded N times, finished rows stay in the batch, nothing is shared between prefixes."""
     done = 0
     for s in sols:
         for k in range(len(s.steps) - 1):
             prompt = task.format_prompt(s.problem.question) + task.join_steps(s.steps[: k + 1]) + "\n"
-            out = gen.generate([prompt], n=n, temperature=1.0, seed=k)
-            done += sum(1 for _ in out[0])
+            enc = gen.encode([prompt])
+            torch.manual_seed(k)
+            out = gen.model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, num_return_sequences=n,
+                                     max_new_tokens=gen.max_new_tokens, pad_token_id=gen.tokenizer.pad_token_id,
+                                     eos_token_id=gen.tokenizer.eos_token_id)
+            done += out.shape[0]
     return done
 
 
@@ -64,14 +72,12 @@ def main() -> None:
         run_strategy(strategy, completer, sols, args.n, 0, cfg)
         rows[strategy] = {"seconds": round(time.perf_counter() - start, 2), "generated": completer.generated}
 
-    batch_size, gen.batch_size = gen.batch_size, args.n
     start = time.perf_counter()
     done = naive(gen, task, sols, args.n)
     naive_s = time.perf_counter() - start
-    gen.batch_size = batch_size
     for row in rows.values():
         row["speedup"] = round(naive_s / row["seconds"], 2)
-    print(json.dumps({"solutions": len(sols), "prefixes": prefixes, "n": args.n, "batch_size": batch_size,
+    print(json.dumps({"solutions": len(sols), "prefixes": prefixes, "n": args.n, "batch_size": gen.batch_size,
                       "naive": {"seconds": round(naive_s, 2), "generated": done}, **rows}, indent=1))
     for name, row in rows.items():
         print(f"{name}: {row['seconds']:.1f} s, {row['generated']} completions; naive loop {naive_s:.1f} s, "

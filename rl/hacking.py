@@ -20,3 +20,24 @@ def hacking(evals: Sequence[Sequence[float]], patience: int) -> bool:
         return False
     recent = evals[-patience - 1:]
     return all(r1 >= r0 and a1 < a0 for (r0, a0), (r1, a1) in zip(recent, recent[1:]))
+
+
+def evaluations(log: Sequence[dict], metric: str = "accuracy_t1") -> list[tuple[int, float, float]]:
+    """(update, mean learned reward since the previous evaluation, validation accuracy) at each
+    evaluation of a PPO log: what the guard saw during the run, recomputed for a report."""
+    out, scores = [], []
+    for row in log:
+        scores.append(row["reward/score"])
+        if f"eval/{metric}" in row:
+            out.append((row["update"], sum(scores) / len(scores), row[f"eval/{metric}"]))
+            scores = []
+    return out
+
+
+def first_alarm(log: Sequence[dict], patience: int, metric: str = "accuracy_t1") -> int | None:
+    """The update at which a guard of this patience would have stopped the run, or None."""
+    evals = evaluations(log, metric)
+    for i, (update, _, _) in enumerate(evals):
+        if hacking([e[1:] for e in evals[: i + 1]], patience):
+            return update
+    return None

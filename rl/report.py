@@ -25,6 +25,7 @@ from reward.config import StageConfig
 from reward.errors import ShepherdError
 from reward.io import read_jsonl, write_atomic
 from reward.stage import stage_main
+from rl.hacking import first_alarm
 
 T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 ACCURACY = ("accuracy_t1", "accuracy_greedy")
@@ -38,6 +39,7 @@ CURVES = (("eval/accuracy_t1", "held-out accuracy (T=1)"), ("train/accuracy", "r
 class ReportConfig(StageConfig):
     runs: list[str] = field(default_factory=list)  # the RUN_DIR arguments
     name: str = "report"  # the markdown file's name (without .md)
+    pairs: list[str] = field(default_factory=list)  # more paired differences, "ppo-a:ppo-b" for a - b
 
 
 def interval(values: list[float], problems: int) -> tuple[float, float]:
@@ -117,6 +119,23 @@ def difference(arms: dict[str, list[str]], a: str, b: str, key: str = "accuracy_
     return f"{a} - {b} ({key}, {len(diffs)} seed(s)): {fmt(mean, half)}"
 
 
+def costs(arms: dict[str, list[str]]) -> list[str]:
+    """Per arm: seconds per update (mean over updates and seeds), the highest peak memory of an update, and
+    the seeds whose log shows the
+    hacking alarm at patience 1 (validation accuracy fell while the learned reward held or rose)."""
+    lines = ["| arm | seconds per update | peak memory (GB) | hacking alarm (seed@update) |", "|---|---|---|---|"]
+    for arm, runs in arms.items():
+        logs = {os.path.basename(d): read_jsonl(os.path.join(d, "log.jsonl")) for d in runs}
+        rows = [r for log in logs.values() for r in log]
+        seconds = sum(r["seconds"] for r in rows) / len(rows)
+        peaks = [r["memory/peak_gb"] for r in rows if "memory/peak_gb" in r]
+        alarms = {run: first_alarm(log, 1) for run, log in logs.items()}
+        fired = ", ".join(f"{run}@{u}" for run, u in alarms.items() if u is not None) or "none"
+        lines.append(f"| {arm} | {seconds:.1f} | {max(peaks):.2f} | {fired} |" if peaks else
+                     f"| {arm} | {seconds:.1f} | not logged | {fired} |")
+    return lines
+
+
 def plot_accuracy(numbers: dict[str, dict[str, tuple[float, float]]], path: str) -> None:
     import matplotlib
 
@@ -190,10 +209,20 @@ def run(cfg: DictConfig) -> dict:
         parts += ["## Held-out accuracy", "", "Final evaluation on the test split; ± is a 95% interval over seeds "
                   "(t), or over problems when an arm has one seed. The SFT row is the starting policy evaluated "
                   "by every run on the same problems with the same seeds.", "", *lines, ""]
-        parts += [f"- {difference(arms, a, b)}" for a, b in comparisons(list(arms))]
+        extra = []
+        for pair in cfg.pairs:
+            a, _, b = pair.partition(":")
+            if a not in arms or b not in arms:
+                raise ShepherdError(f"pairs: '{pair}' names an arm not among the runs ({', '.join(sorted(arms))})")
+            extra.append((a, b))
+        parts += [f"- {difference(arms, a, b)}" for a, b in comparisons(list(arms)) + extra]
         parts += ["", f"![accuracy]({cfg.name}_accuracy.png)", "", "## Training curves", "",
                   "True accuracy beside the learned reward: when the reward rises and accuracy falls, the policy "
-                  "is hacking the reward model.", "", f"![curves]({cfg.name}_curves.png)", ""]
+                  "is hacking the reward model.", "", f"![curves]({cfg.name}_curves.png)", "",
+                  "## Cost and the hacking alarm", "", "Wall time per update (mean over seeds) and the highest "
+                  "peak memory of an update (GPU allocated, else the process's resident set); the runs whose logs show validation "
+                  "accuracy falling while the learned reward held or rose (`hacking_patience=1` would stop them "
+                  "there).", "", *costs(arms), ""]
         out.update({f"{arm}_{k}": round(v[0], 4) for arm, ks in numbers.items() for k, v in ks.items()})
     for name, title in (("verify.md", "Verification (best-of-N)"), ("audit.md", "Label quality (annotation audit)"),
                         ("eval_prm.md", "First wrong step (ProcessBench protocol)")):

@@ -40,23 +40,31 @@ def test_sampling_is_seeded_and_returns_n(random_policy):
     assert all(len(s.token_ids) <= 10 for g in a for s in g)
 
 
-def test_shared_prompt_cache_samples_what_plain_generate_samples(random_policy):
-    """Each prompt is encoded once and its KV cache copied to its n samples: the tokens drawn must be
-    those of `generate` over the n copies of every prompt (left padded, same seed)."""
+@pytest.mark.parametrize("temperature", [1.0, 0.7, 0.0])
+def test_decode_loop_draws_what_plain_generate_draws(random_policy, temperature):
+    """Each prompt is encoded once and its KV cache copied to its n samples, and rows leave the batch as
+    they end: the tokens drawn must still be those of `generate` over the n copies of every prompt (left
+    padded, same seed), sampled or greedy."""
     gen = _gen(random_policy, batch_size=64, max_new_tokens=12)
     task = ArithTask(min_ops=1, max_ops=6)
     prompts = [task.format_prompt(p.question) for p in task.problems("test", 5)]  # different lengths
-    ours = gen.generate(prompts, n=3, temperature=1.0, seed=4)
-    flat = [p for p in prompts for _ in range(3)]
+    n = 3 if temperature else 1
+    ours = gen.generate(prompts, n=n, temperature=temperature, seed=4)
+    flat = [p for p in prompts for _ in range(n)]
     enc = gen.encode(flat)
-    torch.manual_seed(4 * 100003)  # the seed of the first (here the only) generate call
-    plain = gen.model.generate(**enc, do_sample=True, temperature=1.0, top_k=0, max_new_tokens=12,
-                               pad_token_id=gen.tokenizer.pad_token_id, eos_token_id=gen.tokenizer.eos_token_id)
+    torch.manual_seed(4 * 100003)  # the seed of the first (here the only) batch
+    how = dict(do_sample=True, temperature=temperature, top_k=0) if temperature else dict(do_sample=False)
+    plain = gen.model.generate(**enc, **how, max_new_tokens=12, pad_token_id=gen.tokenizer.pad_token_id,
+                               eos_token_id=gen.tokenizer.eos_token_id)
     width = enc["input_ids"].shape[1]
     eos = gen.tokenizer.eos_token_id
     expected = [row[: row.index(eos)] if eos in row else row for row in plain[:, width:].tolist()]
     assert [s.token_ids for g in ours for s in g] == expected
-    assert len({tuple(s.token_ids) for s in ours[0]}) > 1  # the copies of one prompt sample apart
+    assert [s.finished for g in ours for s in g] == [eos in row for row in plain[:, width:].tolist()]
+    if temperature == 1.0:
+        assert len({tuple(s.token_ids) for s in ours[0]}) > 1  # the copies of one prompt sample apart
+        ended = [s.finished for g in ours for s in g]
+        assert any(ended) and not all(ended)  # rows left the batch while others went on
 
 
 def test_stop_strings_cut_the_text(random_policy):

@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 
 from .conftest import REPO
@@ -63,7 +64,7 @@ def test_pipeline_end_to_end_then_skips_everything(tmp_path):
         assert m["reward_type"] == kind and 0 <= m["accuracy_t1"] <= 1 and 0 <= m["accuracy_greedy"] <= 1
     report = (out / "report" / "report.md").read_text()
     for needle in ("SFT policy", "ppo-prm", "ppo-orm", "ppo-rule", "ppo-prm - ppo-orm", "Verification",
-                   "Label quality", "First wrong step", "Wall time"):
+                   "Label quality", "First wrong step", "Wall time", "Cost and the hacking alarm"):
         assert needle in report, needle
     assert (out / "report" / "report_curves.png").stat().st_size > 1000
     seconds, stdout = pipeline(config)
@@ -93,6 +94,35 @@ def test_report_compares_every_arm_with_the_orm_and_rule_baselines():
     assert comparisons(["ppo-prm", "ppo-prm-r2"]) == []
     assert comparisons(["ppo-rule", "ppo-prm-big", "ppo-orm-big"]) == [  # baselines of another size, by suffix
         ("ppo-prm-big", "ppo-orm-big"), ("ppo-prm-big", "ppo-rule"), ("ppo-orm-big", "ppo-rule")]
+
+
+def test_report_gives_each_arms_cost_alarm_and_asked_pairs(tmp_path):
+    """Seconds and peak memory per update are means over an arm's seeds; a seed whose log shows accuracy
+    down while the learned reward held or rose is named with its update; `pairs` adds a - b by seed."""
+    from rl.report import main as report_main
+
+    def run(arm: str, seed: int, acc: float, scores: list[float], evals: list[float]) -> str:
+        d = tmp_path / arm / f"seed{seed}"
+        d.mkdir(parents=True)
+        rows = [{"update": u + 1, "reward/score": sc, "seconds": 2.0 + seed, "memory/peak_gb": 0.5 + seed}
+                for u, sc in enumerate(scores)]
+        for row, e in zip(rows[1::2], evals):
+            row["eval/accuracy_t1"] = e
+        (d / "log.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        sft = {"sft_accuracy_t1": 0.5, "sft_accuracy_greedy": 0.6}
+        (d / "metrics.json").write_text(json.dumps({"accuracy_t1": acc, "accuracy_greedy": acc, "problems": 100, **sft}))
+        return str(d)
+
+    runs = [run("ppo-a", 0, 0.8, [0.1, 0.2, 0.3, 0.4], [0.7, 0.6]),  # reward up, accuracy down: alarm at 4
+            run("ppo-a", 1, 0.9, [0.1, 0.2, 0.3, 0.4], [0.7, 0.8]),
+            run("ppo-b", 0, 0.6, [0.4, 0.3, 0.2, 0.1], [0.7, 0.6]),  # both down: no alarm
+            run("ppo-b", 1, 0.6, [0.4, 0.3, 0.2, 0.1], [0.7, 0.8])]
+    report_main([*runs, f"output_dir={tmp_path / 'out'}", "pairs=[ppo-a:ppo-b]"])
+    text = (tmp_path / "out" / "report.md").read_text()
+    assert "| ppo-a | 2.5 | 1.50 | seed0@4 |" in text and "| ppo-b | 2.5 | 1.50 | none |" in text
+    assert "ppo-a - ppo-b (accuracy_t1, 2 seed(s)): 0.250 ±" in text
+    with pytest.raises(SystemExit):
+        report_main([*runs, f"output_dir={tmp_path / 'out2'}", "pairs=[ppo-a:ppo-c]"])
 
 
 def test_the_papers_recipe_loads_for_every_stage():

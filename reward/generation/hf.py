@@ -1,9 +1,10 @@
-"""The Hugging Face backend of `Generator`: prompt x n in large left-padded `generate` calls with the
-KV cache on, seeded per batch so that a run is reproducible.
+"""The Hugging Face backend of `Generator`: prompt x n in large left-padded batches with the KV cache
+on, seeded per batch so that a run is reproducible.
 
 Each prompt is encoded once and its KV cache copied to its n samples. `generate(num_return_sequences=n)`
 (and a flat list of n copies) would run the prompt's forward n times: for Monte-Carlo annotation, whose
-prompts are whole step prefixes, that is most of the work (`benchmarks/annotate.py`)."""
+prompts are whole step prefixes, that is most of the work. The decode loop then drops finished rows
+(`HFGenerator.decode`); both are measured in `benchmarks/annotate.py`."""
 from __future__ import annotations
 
 import inspect
@@ -11,8 +12,10 @@ from typing import Any, Sequence
 
 import torch
 from tqdm import tqdm
-from transformers import DynamicCache, LlamaForCausalLM, StoppingCriteria, StoppingCriteriaList
+from transformers import (DynamicCache, LlamaForCausalLM, LogitsProcessorList, StoppingCriteria, TemperatureLogitsWarper,
+                          TopPLogitsWarper)
 
+from reward.distributed import all_reduce_sum
 from reward.generation.base import Generator, Sample, cut_at_stop
 
 
@@ -55,8 +58,8 @@ class HFGenerator(Generator):
         return {k: v.to(self.model.device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
 
     def prefill(self, enc: dict[str, torch.Tensor], n: int) -> dict[str, Any]:
-        """`generate` inputs for n samples of each prompt, with the prompts' KV cache computed once (all
-        but the last token, which `generate` feeds itself) and repeated n times. Positions follow the
+        """Decode inputs for n samples of each prompt, with the prompts' KV cache computed once (all but
+        the last token, which the decode loop feeds itself) and repeated n times. Positions follow the
         left padding exactly as `generate` derives them from the attention mask."""
         ids, mask = enc["input_ids"], enc["attention_mask"]
         inputs: dict[str, Any] = {"input_ids": ids.repeat_interleave(n, 0), "attention_mask": mask.repeat_interleave(n, 0)}
@@ -71,30 +74,80 @@ class HFGenerator(Generator):
         return inputs
 
     @torch.no_grad()
+    def decode(self, inputs: dict[str, Any], temperature: float, max_new_tokens: int, stop: Sequence[str]
+               ) -> list[tuple[list[int], bool]]:
+        """Per row: its new tokens without EOS (a row that met a stop string keeps the tokens up to it), and
+        whether it ended (EOS or stop string) rather than ran out of tokens.
+
+        Our loop instead of `model.generate`: generate keeps every row in the forward until the longest
+        one ends, while Monte-Carlo completions and rollouts end at very different lengths (on the demo
+        about half of generate's forward work went to finished rows). Finished rows leave the batch and
+        its KV cache (`DynamicCache.batch_select_indices`). Sampling still draws for every row, as
+        generate does (torch.multinomial spends the same random numbers per row whatever the
+        probabilities), so the tokens equal generate's for the same seed (tests/test_generation.py).
+        Under ZeRO-3 over several ranks (`synced_gpus`) every rank runs a forward until all are done."""
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        rows, eos, pad = ids.shape[0], self.tokenizer.eos_token_id, self.tokenizer.pad_token_id
+        warpers = LogitsProcessorList()
+        if temperature > 0 and temperature != 1.0:
+            warpers.append(TemperatureLogitsWarper(temperature))
+        if temperature > 0 and self.top_p < 1.0:
+            warpers.append(TopPLogitsWarper(self.top_p))
+        stopper = StopOnStrings(self.tokenizer, stop, 0) if stop else None
+        positions = (mask.long().cumsum(-1) - 1).clamp(min=0)
+        if CACHE_KWARG in inputs:  # the prompt but its last token is in the cache
+            cache, step_ids, step_pos = inputs[CACHE_KWARG], ids[:, -1:], positions[:, -1:]
+        else:
+            cache, step_ids, step_pos = DynamicCache(config=self.model.config), ids, positions
+        live = torch.arange(rows, device=ids.device)  # the output rows still in the batch, in batch order
+        out = torch.full((rows, max_new_tokens), pad, dtype=torch.long, device=ids.device)
+        lengths, ended_by = [max_new_tokens] * rows, [False] * rows
+        for t in range(max_new_tokens):
+            result = self.model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=True,
+                                logits_to_keep=1, **{CACHE_KWARG: cache})
+            scores = torch.zeros(rows, result.logits.shape[-1], dtype=torch.float32, device=ids.device)
+            scores[live] = result.logits[: live.numel(), -1].float()
+            if temperature > 0:
+                tokens = torch.multinomial(torch.softmax(warpers(out[:, :t], scores), -1), 1)[:, 0][live]
+            else:
+                tokens = scores[live].argmax(-1)
+            out[live, t] = tokens
+            ended = tokens == eos
+            if stopper is not None:
+                ended |= stopper(out[live, : t + 1], scores)
+            for r, token in zip(live[ended].tolist(), tokens[ended].tolist()):
+                lengths[r], ended_by[r] = t + int(token != eos), True
+            keep = (~ended).nonzero()[:, 0]
+            if not self.rows_left(keep.numel()):
+                break
+            live = live[keep]
+            if keep.numel() == 0:  # this rank is done, another is not: one row keeps it in step, unrecorded
+                keep, tokens = keep.new_zeros(1), tokens.new_full((max(1, tokens.numel()),), pad)
+            if keep.numel() < step_ids.shape[0]:
+                cache.batch_select_indices(keep)
+                mask, step_pos, tokens = mask[keep], step_pos[keep], tokens[keep]
+            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
+            step_ids, step_pos = tokens[:, None], step_pos[:, -1:] + 1
+        return [(row[:n], done) for row, n, done in zip(out.tolist(), lengths, ended_by)]
+
+    def rows_left(self, here: int) -> bool:
+        """Whether any rank still has unfinished rows (only this one's count without synced_gpus)."""
+        if not self.synced_gpus:
+            return here > 0
+        return all_reduce_sum(torch.tensor([float(here > 0)])).item() > 0
+
+    @torch.no_grad()
     def generate(self, prompts: Sequence[str], n: int = 1, temperature: float = 1.0, seed: int = 0,
                  max_new_tokens: int | None = None, stop: Sequence[str] = (), progress: bool = False
                  ) -> list[list[Sample]]:
-        eos = self.tokenizer.eos_token_id
-        per_call = max(1, self.batch_size // n)  # prompts per generate call: batch_size rows
+        per_call = max(1, self.batch_size // n)  # prompts per decode: batch_size rows
         out: list[Sample] = []
         starts = range(0, len(prompts), per_call)
         for b, start in enumerate(tqdm(starts, desc="generate", disable=not progress, leave=False)):
             enc = self.encode(prompts[start: start + per_call])
             torch.manual_seed(seed * 100003 + b)
-            # top_k=0: plain temperature sampling (some checkpoints default to top-k 50)
-            kwargs = dict(do_sample=True, temperature=temperature, top_p=self.top_p, top_k=0) if temperature > 0 \
-                else dict(do_sample=False)
-            width = enc["input_ids"].shape[1]
-            ids = self.model.generate(
-                **self.prefill(enc, n), **kwargs, max_new_tokens=max_new_tokens or self.max_new_tokens,
-                pad_token_id=self.tokenizer.pad_token_id, eos_token_id=eos, synced_gpus=self.synced_gpus,
-                stopping_criteria=StoppingCriteriaList([StopOnStrings(self.tokenizer, stop, width)]) if stop else None,
-            )[:, width:]
-            for row in ids.tolist():
-                finished = eos in row
-                row = row[: row.index(eos)] if finished else row
-                while row and row[-1] == self.tokenizer.pad_token_id:  # rows that stopped on a stop string
-                    row.pop()
+            rows = self.decode(self.prefill(enc, n), temperature, max_new_tokens or self.max_new_tokens, stop)
+            for row, ended in rows:
                 text, stopped = cut_at_stop(self.tokenizer.decode(row, skip_special_tokens=True), stop)
-                out.append(Sample(text=text, token_ids=row, finished=finished or stopped))
+                out.append(Sample(text=text, token_ids=row, finished=ended or stopped))
         return [out[i * n: (i + 1) * n] for i in range(len(prompts))]
