@@ -119,17 +119,16 @@ def difference(arms: dict[str, list[str]], a: str, b: str, key: str = "accuracy_
     return f"{a} - {b} ({key}, {len(diffs)} seed(s)): {fmt(mean, half)}"
 
 
-def costs(arms: dict[str, list[str]]) -> list[str]:
+def costs(arms: dict[str, list[str]], logs: dict[str, list[dict]]) -> list[str]:
     """Per arm: seconds per update (mean over updates and seeds), the highest peak memory of an update, and
-    the seeds whose log shows the
-    hacking alarm at patience 1 (validation accuracy fell while the learned reward held or rose)."""
+    the seeds whose log shows the hacking alarm at patience 1 (validation accuracy fell while the learned
+    reward held or rose)."""
     lines = ["| arm | seconds per update | peak memory (GB) | hacking alarm (seed@update) |", "|---|---|---|---|"]
     for arm, runs in arms.items():
-        logs = {os.path.basename(d): read_jsonl(os.path.join(d, "log.jsonl")) for d in runs}
-        rows = [r for log in logs.values() for r in log]
+        rows = [r for d in runs for r in logs[d]]
         seconds = sum(r["seconds"] for r in rows) / len(rows)
         peaks = [r["memory/peak_gb"] for r in rows if "memory/peak_gb" in r]
-        alarms = {run: first_alarm(log, 1) for run, log in logs.items()}
+        alarms = {os.path.basename(d): first_alarm(logs[d], 1) for d in runs}
         fired = ", ".join(f"{run}@{u}" for run, u in alarms.items() if u is not None) or "none"
         lines.append(f"| {arm} | {seconds:.1f} | {max(peaks):.2f} | {fired} |" if peaks else
                      f"| {arm} | {seconds:.1f} | not logged | {fired} |")
@@ -157,7 +156,7 @@ def plot_accuracy(numbers: dict[str, dict[str, tuple[float, float]]], path: str)
     plt.close(fig)
 
 
-def plot_curves(arms: dict[str, list[str]], path: str) -> None:
+def plot_curves(arms: dict[str, list[str]], logs: dict[str, list[dict]], path: str) -> None:
     """Each curve is the mean over an arm's seeds at every update that has the value."""
     import matplotlib
 
@@ -167,11 +166,10 @@ def plot_curves(arms: dict[str, list[str]], path: str) -> None:
     fig, grid = plt.subplots(2, len(CURVES) // 2, figsize=(2 * len(CURVES), 6.4))
     axes = grid.flatten()
     for arm, runs in arms.items():
-        logs = [read_jsonl(os.path.join(d, "log.jsonl")) for d in runs]
         for ax, (key, title) in zip(axes, CURVES):
             points: dict[int, list[float]] = defaultdict(list)
-            for log in logs:
-                for row in log:
+            for d in runs:
+                for row in logs[d]:
                     if key in row:
                         points[row["update"]].append(row[key])
             xs = sorted(points)
@@ -205,7 +203,8 @@ def run(cfg: DictConfig) -> dict:
     if arms:
         lines, numbers = accuracy_table(arms)
         plot_accuracy(numbers, os.path.join(cfg.output_dir, f"{cfg.name}_accuracy.png"))
-        plot_curves(arms, os.path.join(cfg.output_dir, f"{cfg.name}_curves.png"))
+        logs = {d: read_jsonl(os.path.join(d, "log.jsonl")) for runs in arms.values() for d in runs}
+        plot_curves(arms, logs, os.path.join(cfg.output_dir, f"{cfg.name}_curves.png"))
         parts += ["## Held-out accuracy", "", "Final evaluation on the test split; ± is a 95% interval over seeds "
                   "(t), or over problems when an arm has one seed. The SFT row is the starting policy evaluated "
                   "by every run on the same problems with the same seeds.", "", *lines, ""]
@@ -220,9 +219,9 @@ def run(cfg: DictConfig) -> dict:
                   "True accuracy beside the learned reward: when the reward rises and accuracy falls, the policy "
                   "is hacking the reward model.", "", f"![curves]({cfg.name}_curves.png)", "",
                   "## Cost and the hacking alarm", "", "Wall time per update (mean over seeds) and the highest "
-                  "peak memory of an update (GPU allocated, else the process's resident set); the runs whose logs show validation "
-                  "accuracy falling while the learned reward held or rose (`hacking_patience=1` would stop them "
-                  "there).", "", *costs(arms), ""]
+                  "peak memory of an update (GPU allocated, else the process's resident set); the runs whose logs "
+                  "show validation accuracy falling while the learned reward held or rose (`hacking_patience=1` "
+                  "would stop them there).", "", *costs(arms, logs), ""]
         out.update({f"{arm}_{k}": round(v[0], 4) for arm, ks in numbers.items() for k, v in ks.items()})
     for name, title in (("verify.md", "Verification (best-of-N)"), ("audit.md", "Label quality (annotation audit)"),
                         ("eval_prm.md", "First wrong step (ProcessBench protocol)")):
