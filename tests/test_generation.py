@@ -4,9 +4,11 @@ import os
 import pytest
 import torch
 from omegaconf import OmegaConf
+from transformers.cache_utils import DynamicLayer
 
 from reward.config import GenerationConfig
 from reward.errors import ShepherdError
+from reward.generation.hf import BufferedLayer
 from reward.generation import engine_max_model_len, load_causal_lm, load_generator, resolve_dtype, this_ranks_gpu
 from reward.tasks.arith import ArithTask
 
@@ -65,6 +67,24 @@ def test_decode_loop_draws_what_plain_generate_draws(random_policy, temperature)
         assert len({tuple(s.token_ids) for s in ours[0]}) > 1  # the copies of one prompt sample apart
         ended = [s.finished for g in ours for s in g]
         assert any(ended) and not all(ended)  # rows left the batch while others went on
+
+
+def test_buffered_cache_layer_holds_what_the_dynamic_layer_holds():
+    """Writes in place, growth past the buffer, row selection, repeat and crop: same keys and values as
+    transformers' own DynamicLayer after every operation."""
+    torch.manual_seed(0)
+    ours, theirs = BufferedLayer(), DynamicLayer()
+    ops = {3: ("batch_repeat_interleave", 3), 7: ("batch_select_indices", torch.tensor([0, 2, 5])),
+           10: ("crop", -2)}
+    for i in range(13):
+        if i in ops:
+            name, arg = ops[i]
+            for layer in (ours, theirs):
+                getattr(layer, name)(arg)
+        k = torch.randn(ours.keys.shape[0] if i else 2, 3, 1 if i else 5, 4)
+        got, want = ours.update(k, -k), theirs.update(k, -k)
+        assert all(torch.equal(g, w) for g, w in zip(got, want)) and ours.get_seq_length() == theirs.get_seq_length()
+    assert ours.buffer[0].shape[-2] > ours.get_seq_length()  # still writing into spare room
 
 
 def test_stop_strings_cut_the_text(random_policy):
