@@ -19,8 +19,9 @@ from reward.errors import ShepherdError
 from reward.lora import folded_weights
 
 
-def ds_config(path: str, micro_batch: int, grad_clip: float, world: int, train: bool) -> dict[str, Any]:
-    """A DeepSpeed JSON with its "auto" values filled in; stage 0 for inference engines and one rank, unless 3."""
+def ds_config(path: str, batch: int, grad_clip: float, world: int, train: bool, accumulation: int = 1) -> dict[str, Any]:
+    """A DeepSpeed JSON with its "auto" values filled in (`batch` rows per rank and optimiser step, in
+    `accumulation` forward/backward passes); stage 0 for inference engines and one rank, unless 3."""
     if not os.path.isfile(path):
         raise ShepherdError(f"DeepSpeed config not found: {path} (key deepspeed)")
     try:
@@ -28,8 +29,9 @@ def ds_config(path: str, micro_batch: int, grad_clip: float, world: int, train: 
             cfg = json.load(f)
     except json.JSONDecodeError as e:
         raise ShepherdError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
-    cfg.update(train_micro_batch_size_per_gpu=micro_batch, gradient_accumulation_steps=1,
-               train_batch_size=micro_batch * world, gradient_clipping=grad_clip)
+    micro = -(-batch // accumulation)
+    cfg.update(train_micro_batch_size_per_gpu=micro, gradient_accumulation_steps=accumulation,
+               train_batch_size=micro * accumulation * world, gradient_clipping=grad_clip)
     cfg.setdefault("bf16", {})["enabled"] = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
     cfg.pop("optimizer", None)  # we pass torch's AdamW: DeepSpeed's fused Adam compiles for minutes on CPU
     cfg.pop("scheduler", None)

@@ -55,6 +55,10 @@ class PPOHyper:
     samples_per_prompt: int = 8
     epochs: int = 2
     minibatch_size: int = 128  # rollouts per optimiser step, per rank
+    # rollouts per forward pass, taken in length order so that each is cut to its own longest rollout: the
+    # no-grad forwards (old log-probs, reference, values) and, within a minibatch, the forward/backward
+    # passes whose gradients one optimiser step sums (accumulation); 0: minibatch_size (one pass)
+    micro_batch_size: int = 0
     lr: float = 5e-4
     critic_lr: float = 1e-3
     warmup_steps: int = 0  # optimiser steps of linear warm-up (Adam's first steps are as large as lr in every weight)
@@ -141,7 +145,11 @@ def make_batch(prompts: list[list[int]], responses: list[list[int]], pad: int, d
 
 
 def rows(batch: Batch, idx: torch.Tensor) -> Batch:
-    return Batch(*(t[idx] for t in (batch.ids, batch.attention, batch.index, batch.tokens, batch.mask)))
+    """The rows `idx`, cut to the longest sequence among them: the padding that only other rows needed
+    costs no forward or backward (the response grid keeps its width; its padded slots stay masked)."""
+    width = int(batch.attention[idx].sum(1).max())
+    return Batch(batch.ids[idx, :width], batch.attention[idx, :width], batch.index[idx].clamp(max=width - 1),
+                 batch.tokens[idx], batch.mask[idx])
 
 
 def at_response(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -164,8 +172,11 @@ def critic_forward(model: Any, b: Batch) -> torch.Tensor:
 
 @torch.no_grad()
 def in_chunks(fn: Any, b: Batch, size: int) -> torch.Tensor:
-    return torch.cat([fn(rows(b, torch.arange(i, min(i + size, len(b.ids)), device=b.ids.device)))
-                      for i in range(0, len(b.ids), size)])
+    """fn over chunks of `size` rows taken in length order (each chunk cut to its own longest row), put
+    back in the batch's order."""
+    order = b.attention.sum(1).argsort(stable=True)
+    out = torch.cat([fn(rows(b, order[i: i + size])) for i in range(0, len(order), size)])
+    return out[order.argsort()]
 
 
 def prompt_ids(generator: Generator, prompt: str) -> list[int]:
@@ -249,6 +260,13 @@ def check(cfg: DictConfig, world: int, task: Task) -> None:
             raise ShepherdError(f"unknown {key} '{value}' (key ppo.{key}); use one of {', '.join(allowed)}")
     if cfg.hacking_patience < 0:
         raise ShepherdError(f"hacking_patience={cfg.hacking_patience} must be >= 0 (key hacking_patience; 0: off)")
+    if p.micro_batch_size < 0:
+        raise ShepherdError(f"ppo.micro_batch_size={p.micro_batch_size} must be >= 0 (key ppo.micro_batch_size; "
+                            "0: the whole minibatch in one pass)")
+    rollouts = p.prompts_per_update // world * p.samples_per_prompt
+    if accumulation(p) > 1 and rollouts % p.minibatch_size:
+        raise ShepherdError(f"ppo.micro_batch_size: accumulating gradients needs whole minibatches, but the {rollouts} "
+                            f"rollouts per rank do not divide into ppo.minibatch_size={p.minibatch_size}")
     if p.advantage != "gae" and p.samples_per_prompt < 2:
         raise ShepherdError(f"ppo.advantage={p.advantage} compares the samples of one prompt: ppo.samples_per_prompt >= 2")
     if cfg.lora.enabled and "zero3" in os.path.basename(cfg.deepspeed):
@@ -312,7 +330,8 @@ class Models:
 def build_models(cfg: DictConfig, world: int, rank: int, device: torch.device) -> Models:
     p, rc = cfg.ppo, cfg.reward
     tokenizer = load_tokenizer(cfg.policy, "policy")
-    train_cfg = engines.ds_config(cfg.deepspeed, p.minibatch_size, p.max_grad_norm, world, train=True)
+    train_cfg = engines.ds_config(cfg.deepspeed, p.minibatch_size, p.max_grad_norm, world, train=True,
+                                  accumulation=accumulation(p))
     frozen_cfg = engines.ds_config(cfg.deepspeed, p.minibatch_size, p.max_grad_norm, world, train=False)
 
     def load_actor() -> Any:
@@ -409,16 +428,17 @@ def make_experience(cfg: DictConfig, m: Models, rollouts: list[Rollout], prompt_
     the advantages: GAE with the critic's values, or grpo / rloo without a critic."""
     p = cfg.ppo
     b, placed, task_rewards = score_and_place(cfg, m, rollouts, prompt_tokens, device)
-    old_logp = in_chunks(lambda x: actor_forward(m.actor, x, p.temperature)[0], b, p.minibatch_size)
+    chunk = p.micro_batch_size or p.minibatch_size
+    old_logp = in_chunks(lambda x: actor_forward(m.actor, x, p.temperature)[0], b, chunk)
     if m.ref is not None:
-        ref_logp = in_chunks(lambda x: actor_forward(m.ref, x, p.temperature)[0], b, p.minibatch_size)
+        ref_logp = in_chunks(lambda x: actor_forward(m.ref, x, p.temperature)[0], b, chunk)
     else:
         with m.actor.module.disable_adapter():
-            ref_logp = in_chunks(lambda x: actor_forward(m.actor, x, p.temperature)[0], b, p.minibatch_size)
+            ref_logp = in_chunks(lambda x: actor_forward(m.actor, x, p.temperature)[0], b, chunk)
     rewards, kl = with_kl(task_rewards, old_logp, ref_logp, b.mask, cfg.reward)
     old_values = returns = None
     if m.critic is not None:
-        old_values = in_chunks(lambda x: critic_forward(m.critic, x), b, p.minibatch_size)
+        old_values = in_chunks(lambda x: critic_forward(m.critic, x), b, chunk)
         advantages, returns = gae(rewards, old_values, b.mask, p.gamma, p.lam)
     else:
         advantages = critic_free_advantages(cfg, b, placed, task_rewards, kl)
@@ -464,25 +484,45 @@ def ppo_epochs(cfg: DictConfig, m: Models, e: Experience, update: int, world: in
     for _ in range(p.epochs):
         epoch_kl = []
         for idx in torch.randperm(len(e.rollouts), generator=order).split(p.minibatch_size):
-            idx = idx.to(device)
-            mb = rows(e.batch, idx)
-            logp, ent = actor_forward(m.actor, mb, p.temperature, entropy=True)
-            pg, pstats = policy_loss(logp, e.old_logp[idx], e.advantages[idx], e.policy_mask[idx], p.clip_ratio)
-            entropy = masked_mean(ent, e.policy_mask[idx])
-            m.actor.backward(pg - p.entropy_coef * entropy)
-            m.actor.step()
-            for k, v in (("policy_loss", pg), ("entropy", entropy), *pstats.items()):
-                stats[k].append(float(v.detach()))
-            if m.critic is not None:
-                vl = value_loss(critic_forward(m.critic, mb), e.old_values[idx], e.returns[idx], mb.mask, p.value_clip)
-                m.critic.backward(vl)
-                m.critic.step()
-                stats["value_loss"].append(float(vl.detach()))
-            epoch_kl.append(float(pstats["approx_kl"]))
+            for k, v in minibatch_step(p, m, e, idx.to(device)).items():
+                stats[k].append(v)
+            epoch_kl.append(stats["approx_kl"][-1])
         kl_now = all_reduce_sum(torch.tensor(sum(epoch_kl) / len(epoch_kl)))
         if p.target_kl > 0 and float(kl_now) / world > 1.5 * p.target_kl:
             break
     return stats
+
+
+def minibatch_step(p: Any, m: Models, e: Experience, idx: torch.Tensor) -> dict[str, float]:
+    """One optimiser step of the actor (and the critic) on the rollouts `idx`, as forward/backward passes
+    over `micro_batch_size` rows in length order whose gradients the step sums: each pass's loss is
+    weighted by its share of the minibatch's tokens, so the step is that of one pass over all of them."""
+    idx = idx[e.batch.attention[idx].sum(1).argsort(stable=True)]
+    parts = idx.tensor_split(accumulation(p))
+    policy_tokens, value_tokens = e.policy_mask[idx].sum().clamp(min=1), e.batch.mask[idx].sum().clamp(min=1)
+    out = {"policy_loss": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0}
+    for part in parts:
+        mb = rows(e.batch, part)
+        share = float(e.policy_mask[part].sum() / policy_tokens)
+        logp, ent = actor_forward(m.actor, mb, p.temperature, entropy=True)
+        pg, pstats = policy_loss(logp, e.old_logp[part], e.advantages[part], e.policy_mask[part], p.clip_ratio)
+        entropy = masked_mean(ent, e.policy_mask[part])
+        m.actor.backward((pg - p.entropy_coef * entropy) * share, scale_wrt_gas=False)
+        m.actor.step()  # applies the update after the last part (DeepSpeed's gradient accumulation)
+        for k, v in (("policy_loss", pg), ("entropy", entropy), *pstats.items()):
+            out[k] += float(v.detach()) * share
+        if m.critic is not None:
+            share = float(mb.mask.sum() / value_tokens)
+            vl = value_loss(critic_forward(m.critic, mb), e.old_values[part], e.returns[part], mb.mask, p.value_clip)
+            m.critic.backward(vl * share, scale_wrt_gas=False)
+            m.critic.step()
+            out["value_loss"] = out.get("value_loss", 0.0) + float(vl.detach()) * share
+    return out
+
+
+def accumulation(p: Any) -> int:
+    """Forward/backward passes per optimiser step (one where micro_batch_size is 0 or the minibatch's size or more)."""
+    return math.ceil(p.minibatch_size / min(p.micro_batch_size or p.minibatch_size, p.minibatch_size))
 
 
 def log_row(e: Experience, stats: dict[str, list[float]], update: int, world: int, lr: float, clock: list[float]

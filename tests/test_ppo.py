@@ -271,3 +271,46 @@ def test_one_rank_trains_at_stage_0_and_several_keep_their_zero_stage():
     assert zero_stage(ds_config(zero2, 16, 1.0, world=2, train=False)) == 0
     assert zero_stage(ds_config(zero3, 16, 1.0, world=1, train=True)) == 3
     assert ds_config(zero2, 16, 1.0, world=2, train=True)["train_batch_size"] == 32
+
+
+def test_chunked_forwards_in_length_order_equal_one_whole_batch_forward(random_policy):
+    """in_chunks takes rows in length order and cuts each chunk to its own longest row: the log-probs
+    and values of the real response tokens are those of one forward over the whole padded batch, in the
+    batch's order; a minibatch (`rows`) is cut to its longest row."""
+    from rl.ppo import actor_forward, critic_forward, in_chunks, load_critic, make_batch, rows
+
+    torch.manual_seed(0)
+    lengths = [(3, 9), (5, 2), (2, 14), (4, 6), (6, 1), (3, 11), (2, 4)]
+    b = make_batch([torch.randint(5, 20, (p,)).tolist() for p, _ in lengths],
+                   [torch.randint(5, 20, (r,)).tolist() for _, r in lengths], 0, torch.device("cpu"))
+    actor, critic = AutoModelForCausalLM.from_pretrained(random_policy).eval(), load_critic(random_policy).eval()
+    for fn in (lambda x: actor_forward(actor, x, 0.7)[0], lambda x: critic_forward(critic, x)):
+        with torch.no_grad():
+            whole = fn(b)
+        chunked = in_chunks(fn, b, 3)
+        assert chunked.shape == whole.shape
+        assert torch.allclose(chunked * b.mask, whole * b.mask, atol=1e-5)
+    mb = rows(b, torch.tensor([1, 4, 6]))
+    assert mb.ids.shape[1] == 7 and mb.tokens.shape == (3, b.tokens.shape[1])
+
+
+def test_micro_batches_accumulate_to_the_whole_minibatch_step(tiny_world, tmp_path):
+    """ppo.micro_batch_size: a minibatch of 32 as 4 forward/backward passes of 8 in length order, one
+    optimiser step; the update equals the one-pass run's (same rollouts, losses, saved weights) up to
+    float rounding, and a minibatch that does not split is one clear error."""
+    runs = {}
+    for micro in (0, 8):
+        out = tmp_path / f"micro{micro}"
+        finish(launch(tiny_world, out, 1, "ppo.updates=2", f"ppo.micro_batch_size={micro}", "eval_every=1000"))
+        runs[micro] = (log_rows(out), AutoModelForCausalLM.from_pretrained(out / "policy").state_dict())
+    (whole, w_weights), (parts, p_weights) = runs[0], runs[8]
+    for a, b in zip(whole, parts):
+        assert a["reward/task_return"] == b["reward/task_return"]  # update 2 sampled from the same weights
+        assert a["loss/policy_loss"] == pytest.approx(b["loss/policy_loss"], abs=1e-4)
+        assert a["loss/value_loss"] == pytest.approx(b["loss/value_loss"], rel=1e-3)
+    moved = max((w_weights[k] - p_weights[k]).abs().max() for k in w_weights)
+    assert moved < 1e-4
+    with pytest.raises(ShepherdError, match="ppo.micro_batch_size"):
+        check(load_config(PPOConfig, "ppo", None, ["policy=x", "reward.type=rule", "ppo.prompts_per_update=6",
+                                                   "ppo.samples_per_prompt=4", "ppo.minibatch_size=16",
+                                                   "ppo.micro_batch_size=4"]), 1, load_task("arith"))
