@@ -10,7 +10,7 @@ naive loop's work (N completions for every prefix), so its ratio is the like-for
 What ours does (reward/completion.py, reward/generation/hf.py): identical prefixes completed once,
 all prefixes of a chunk in batches of `generation.batch_size` rows ordered by expected completion
 length, each prompt's KV cache computed once and copied to its N samples, finished rows dropped from
-the batch and its cache.
+the batch and its cache, each new token written into the cache in place.
 Target: `full` >= 10x.
 """
 from __future__ import annotations
