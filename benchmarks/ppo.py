@@ -3,7 +3,11 @@ TRL's PPO trainer (`trl.experimental.ppo`, trl 1.12.0), and the ratio ours / TRL
 measured in one run on the same policy, prompts, batch and lengths; then the bytes of parameters and
 optimiser that each of 2 ranks holds for the actor under ZeRO-2 and ZeRO-3.
 
-    python benchmarks/ppo.py [--policy outputs/arith_tiny/world/policy --orm outputs/arith_tiny/train-orm/model]
+    python benchmarks/ppo.py [--policy outputs/arith_copy/world/policy --orm outputs/arith_copy/train-orm/model]
+
+The default shape is the demo's update (32 prompts x 16 samples as one minibatch of 512 rollouts, in
+passes of arith_tiny's `micro_batch_size`, 2 epochs, up to 160 new tokens); `--prompts 8 --samples 4
+--minibatch 16 --max-new-tokens 48` is a small one where fixed costs weigh more.
 
 Needs `pip install trl==1.12.0` (the `trl` extra). Without --policy it builds a tiny random Llama with
 the world's tokenizer (speed does not depend on the weights; a random policy rarely stops early, so
@@ -177,11 +181,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policy", default="")
     parser.add_argument("--orm", default="")
-    parser.add_argument("--prompts", type=int, default=8, help="prompts per iteration")
-    parser.add_argument("--samples", type=int, default=4, help="rollouts per prompt")
-    parser.add_argument("--minibatch", type=int, default=16, help="rollouts per optimiser step")
+    parser.add_argument("--prompts", type=int, default=32, help="prompts per iteration")
+    parser.add_argument("--samples", type=int, default=16, help="rollouts per prompt")
+    parser.add_argument("--minibatch", type=int, default=512, help="rollouts per optimiser step")
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--max-new-tokens", type=int, default=160)
     parser.add_argument("--ranks", type=int, default=2, help="ranks of the memory table")
     parser.add_argument("--memory-worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--stage", type=int, default=2, help=argparse.SUPPRESS)
