@@ -34,6 +34,13 @@ def init_distributed() -> tuple[int, int, torch.device]:
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():  # before the process group: NCCL's first collective uses the current GPU
         torch.cuda.set_device(local)
+    elif os.environ["WORLD_SIZE"] == "1":
+        # DeepSpeed's CPU backend compiles a shared-memory all-reduce op (deepspeed_shm_comm) when it joins,
+        # 30-40 s of C++ at the first run of every environment, for collectives a world of one never makes.
+        # Marked incompatible it is skipped (deepspeed.ops keeps this dict: an edit persists).
+        import deepspeed.ops
+
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
     deepspeed.init_distributed(dist_backend="nccl" if torch.cuda.is_available() else "gloo")  # once; then a no-op
     rank, world = torch.distributed.get_rank(), torch.distributed.get_world_size()
     return rank, world, torch.device("cuda", local) if torch.cuda.is_available() else torch.device("cpu")

@@ -314,3 +314,15 @@ def test_micro_batches_accumulate_to_the_whole_minibatch_step(tiny_world, tmp_pa
         check(load_config(PPOConfig, "ppo", None, ["policy=x", "reward.type=rule", "ppo.prompts_per_update=6",
                                                    "ppo.samples_per_prompt=4", "ppo.minibatch_size=16",
                                                    "ppo.micro_batch_size=4"]), 1, load_task("arith"))
+
+
+def test_one_cpu_process_joins_without_building_the_shared_memory_op():
+    """A world of one on CPU skips DeepSpeed's shared-memory all-reduce op (a C++ build of 30-40 s at the
+    first run of every environment, for collectives one rank never makes); its collectives still work."""
+    code = ("import torch, deepspeed.comm.comm as c\n"
+            "from reward.distributed import all_reduce_sum, init_distributed\n"
+            "print(init_distributed(), c.cdb.shm_comm_op, all_reduce_sum(torch.tensor([2.0])).tolist())")
+    env = {k: v for k, v in ENV.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().splitlines()[-1] == "(0, 1, device(type='cpu')) None [2.0]"
