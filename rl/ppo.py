@@ -152,6 +152,11 @@ def rows(batch: Batch, idx: torch.Tensor) -> Batch:
                  batch.tokens[idx], batch.mask[idx])
 
 
+def by_length(batch: Batch, idx: torch.Tensor) -> torch.Tensor:
+    """`idx` ordered by sequence length (shortest first), so that consecutive rows pad little."""
+    return idx[batch.attention[idx].sum(1).argsort(stable=True)]
+
+
 def at_response(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """[B, T, ...] -> [B, R, ...]: the entries at each response token's predicting position."""
     idx = index.reshape(*index.shape, *([1] * (x.dim() - 2))).expand(*index.shape, *x.shape[2:])
@@ -174,7 +179,7 @@ def critic_forward(model: Any, b: Batch) -> torch.Tensor:
 def in_chunks(fn: Any, b: Batch, size: int) -> torch.Tensor:
     """fn over chunks of `size` rows taken in length order (each chunk cut to its own longest row), put
     back in the batch's order."""
-    order = b.attention.sum(1).argsort(stable=True)
+    order = by_length(b, torch.arange(len(b.ids), device=b.ids.device))
     out = torch.cat([fn(rows(b, order[i: i + size])) for i in range(0, len(order), size)])
     return out[order.argsort()]
 
@@ -497,10 +502,11 @@ def minibatch_step(p: Any, m: Models, e: Experience, idx: torch.Tensor) -> dict[
     """One optimiser step of the actor (and the critic) on the rollouts `idx`, as forward/backward passes
     over `micro_batch_size` rows in length order whose gradients the step sums: each pass's loss is
     weighted by its share of the minibatch's tokens, so the step is that of one pass over all of them."""
-    idx = idx[e.batch.attention[idx].sum(1).argsort(stable=True)]
+    idx = by_length(e.batch, idx)
     parts = idx.tensor_split(accumulation(p))
     policy_tokens, value_tokens = e.policy_mask[idx].sum().clamp(min=1), e.batch.mask[idx].sum().clamp(min=1)
-    out = {"policy_loss": 0.0, "entropy": 0.0, "clip_fraction": 0.0, "approx_kl": 0.0}
+    out = dict.fromkeys(("policy_loss", "entropy", "clip_fraction", "approx_kl")
+                        + (("value_loss",) if m.critic is not None else ()), 0.0)
     for part in parts:
         mb = rows(e.batch, part)
         share = float(e.policy_mask[part].sum() / policy_tokens)
@@ -516,7 +522,7 @@ def minibatch_step(p: Any, m: Models, e: Experience, idx: torch.Tensor) -> dict[
             vl = value_loss(critic_forward(m.critic, mb), e.old_values[part], e.returns[part], mb.mask, p.value_clip)
             m.critic.backward(vl * share, scale_wrt_gas=False)
             m.critic.step()
-            out["value_loss"] = out.get("value_loss", 0.0) + float(vl.detach()) * share
+            out["value_loss"] += float(vl.detach()) * share
     return out
 
 
