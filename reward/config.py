@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import difflib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -179,6 +180,28 @@ def stage_output_dir(config_file: str, stage: str, arm: str = "") -> str:
         return str(placed.arm_.get("output_dir") or default_output_dir(experiment, f"{stage}-{arm}"))
     section = raw.get(section_name(stage)) or {}
     return str(section.get("output_dir") or default_output_dir(experiment, stage))
+
+
+def stage_inputs(config_file: str, stage: str, overrides: Sequence[str] = ()) -> list[str]:
+    """The string values a stage's section of an experiment file sets (an arm's overrides over `ppo:`,
+    then key=value `overrides`), resolved, output_dir left out: the paths it reads are among them (the
+    pipeline orders stages by them)."""
+    raw = load_experiment(config_file)
+    given = OmegaConf.from_dotlist(list(overrides))
+    arm = str(given.get("arm") or "")
+    body = OmegaConf.merge(raw.get(section_name(stage)) or {}, arm_overrides(raw, arm, config_file) if arm else {},
+                           given)
+    placed = OmegaConf.merge(raw, {"section_": body})  # interpolations resolve in the file
+    values, found = [OmegaConf.to_container(placed.section_, resolve=True)], []
+    while values:
+        value = values.pop()
+        if isinstance(value, dict):
+            values += [v for k, v in value.items() if k != "output_dir"]
+        elif isinstance(value, list):
+            values += value
+        elif isinstance(value, str):
+            found.append(value)
+    return found
 
 
 def load_config(schema: type, stage: str, config_file: str | None = None, overrides: list[str] | None = None) -> DictConfig:

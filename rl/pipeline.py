@@ -10,6 +10,12 @@ Stages that train (sft, train-prm, train-orm, ppo) and stages that sample (sampl
 under the `deepspeed` launcher when `num_gpus` > 1 (or a `hostfile` is given): DeepSpeed ranks for
 training, data-parallel ranks that share the sampling chunks (`reward.shards`) with the same records as
 one process. On a machine without a GPU, `num_gpus` N starts N gloo ranks with one thread each.
+
+With `jobs` N > 1, up to N stages run at once, each as soon as the stages whose outputs its section
+reads are done (the rule arm and eval beside sampling and annotation, the PRM beside the ORM, the PPO
+arms side by side), each writing its output to <its output_dir>.log. The embedded world's small models
+gain more from two one-thread stages than from one stage on two threads; a stage nothing can run beside
+(the world) gets every core.
 """
 from __future__ import annotations
 
@@ -23,7 +29,8 @@ from typing import Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from reward.config import ARMS_KEY, STAGES, StageConfig, arm_names, arm_overrides, load_experiment, stage_output_dir
+from reward.config import (ARMS_KEY, STAGES, StageConfig, arm_names, arm_overrides, load_experiment, stage_inputs,
+                           stage_output_dir)
 from reward.errors import ShepherdError
 from reward.stage import stage_main
 
@@ -54,6 +61,10 @@ class PipelineConfig(LaunchConfig):
     # the new PRM (into <arm output_dir>-r<r>/seed<N>). 1: the arms' PRM only.
     prm_rounds: int = 1
     prm_arm: str = ""  # the arm (a name) the rounds retrain; empty: the first arm whose reward.type is prm or prm_min
+    # Stages at once, each once the stages it reads from are done (a PPO arm beside annotation, the PRM
+    # beside the ORM), sharing the CPU cores; each one's output goes to <its output_dir>.log. Small
+    # models on few cores: one thread each does more in all than two threads on one stage. 1: in order.
+    jobs: int = 1
 
 
 def arm_runs(out_dir: str, seeds: list[int]) -> list[tuple[int, str]]:
@@ -62,14 +73,18 @@ def arm_runs(out_dir: str, seeds: list[int]) -> list[tuple[int, str]]:
 
 
 def stage_command(stage: str, config_file: str, out_dir: str, extra: list[str], num_gpus: int = 0,
-                  hostfile: str = "") -> tuple[list[str], dict[str, str]]:
-    """The command and environment of one stage: `python -m rl.cli STAGE ...`, or for LAUNCHED_STAGES
-    with num_gpus > 1 or a hostfile the deepspeed launcher on the stage's module."""
+                  hostfile: str = "", threads: int = 0) -> tuple[list[str], dict[str, str]]:
+    """The command and environment of one stage: `python -m rl.cli STAGE ...` (with `threads` > 0 and no
+    OMP_NUM_THREADS set, that many CPU threads), or for LAUNCHED_STAGES with num_gpus > 1 or a hostfile
+    the deepspeed launcher on the stage's module."""
     from rl.cli import PRESETS
 
     args = ["--config", config_file, f"output_dir={out_dir}", *extra]
     if stage not in LAUNCHED_STAGES or (num_gpus <= 1 and not hostfile):
-        return [sys.executable, "-m", "rl.cli", stage, *args], dict(os.environ)
+        env = dict(os.environ)
+        if threads > 0:
+            env.setdefault("OMP_NUM_THREADS", str(threads))
+        return [sys.executable, "-m", "rl.cli", stage, *args], env
     import torch
 
     from rl.engines import free_port
@@ -91,18 +106,97 @@ def stage_command(stage: str, config_file: str, out_dir: str, extra: list[str], 
     return cmd, env
 
 
+@dataclass
+class Job:
+    """One stage run of a pipeline: `after` names the earlier jobs whose outputs it reads."""
+
+    name: str
+    stage: str
+    out_dir: str
+    extra: list[str]
+    after: set[str] = field(default_factory=set)
+    threads: int = 0  # CPU threads (OMP_NUM_THREADS); 0: torch's default, every core
+
+
+def order_jobs(jobs: list[Job], config_file: str, slots: int) -> list[Job]:
+    """Each job after the earlier ones it reads from (a path under their output folder, in its section of
+    the file), and its CPU threads: every core when no other job can run beside it (all of them come
+    before or after it), else its share of `slots`. Fixed by the file, not by timing, so a run's numbers
+    do not depend on which stage happened to finish first."""
+    if slots <= 1:
+        return jobs
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    before: dict[str, set[str]] = {}  # every job a job waits for, directly or not
+    for i, job in enumerate(jobs):
+        reads = stage_inputs(config_file, job.stage, job.extra)
+        job.after = {a.name for a in jobs[:i] if any(r == a.out_dir or r.startswith(a.out_dir.rstrip("/") + "/")
+                                                      for r in reads)}
+        before[job.name] = set().union(job.after, *(before[a] for a in job.after))
+    for job in jobs:
+        alone = all(job.name in before[o.name] or o.name in before[job.name] for o in jobs if o is not job)
+        job.threads = cores if alone else max(1, cores // slots)
+    return jobs
+
+
+def run_jobs(jobs: list[Job], config_file: str, slots: int = 1, num_gpus: int = 0, hostfile: str = "") -> int:
+    """Run the jobs, up to `slots` at once, each once the jobs it reads from are done; a job whose
+    metrics.json exists is complete and skipped. One slot: in list order, output to this terminal; more:
+    each job's output into <out_dir>.log. A failure stops the others (they resume on the next run) and
+    names the stage. Returns how many jobs ran."""
+    pending, running, ran = [], {}, 0
+    for job in order_jobs(jobs, config_file, slots):
+        if os.path.isfile(os.path.join(job.out_dir, "metrics.json")):
+            print(f"[pipeline] {job.stage}: complete, skipped ({job.out_dir})", flush=True)
+        else:
+            pending.append(job)
+    waiting = {j.name for j in pending}
+    while pending or running:
+        for job in [j for j in pending if not j.after & waiting][:slots - len(running)]:
+            cmd, env = stage_command(job.stage, config_file, job.out_dir, job.extra, num_gpus, hostfile, job.threads)
+            log = None
+            if slots > 1:
+                os.makedirs(os.path.dirname(os.path.abspath(job.out_dir)), exist_ok=True)
+                log = open(f"{job.out_dir.rstrip('/')}.log", "a")  # append-only: a resumed stage keeps its first try's lines
+            print(f"[pipeline] {job.stage} -> {job.out_dir}" + (f" (log: {log.name})" if log else ""), flush=True)
+            proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT if log else None)
+            running[job.name] = (job, proc, log, time.time())
+            pending.remove(job)
+        time.sleep(0.2)
+        for name, (job, proc, log, started) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[name]
+            if log:
+                log.close()
+            if proc.returncode != 0:
+                for _, other, other_log, _ in running.values():
+                    other.terminate()
+                    other.wait()
+                    if other_log:
+                        other_log.close()
+                tail = ""
+                if log:
+                    with open(log.name) as f:
+                        tail = f"; the end of {log.name}:\n" + "".join(f.readlines()[-15:])
+                raise ShepherdError(f"stage {job.stage} failed (rerun `{' '.join(cmd_of(job, config_file))}` to see "
+                                    f"why; finished stages stay done){tail}")
+            waiting.discard(name)
+            ran += 1
+            print(f"[pipeline] {job.stage} done in {time.time() - started:.0f} s ({job.out_dir})", flush=True)
+    return ran
+
+
+def cmd_of(job: Job, config_file: str) -> list[str]:
+    """The command a user reruns a job with."""
+    return ["shepherd", job.stage, "--config", config_file, f"output_dir={job.out_dir}", *job.extra]
+
+
 def run_stage(stage: str, config_file: str, out_dir: str, extra: list[str], num_gpus: int = 0,
               hostfile: str = "") -> float:
     """Run one stage in fresh processes unless its metrics.json says it is complete; its wall time."""
-    if os.path.isfile(os.path.join(out_dir, "metrics.json")):
-        print(f"[pipeline] {stage}: complete, skipped ({out_dir})", flush=True)
-        return 0.0
-    print(f"[pipeline] {stage} -> {out_dir}", flush=True)
     started = time.time()
-    cmd, env = stage_command(stage, config_file, out_dir, extra, num_gpus, hostfile)
-    if subprocess.run(cmd, env=env).returncode != 0:
-        raise ShepherdError(f"stage {stage} failed (rerun `{' '.join(cmd[2:])}` to see why; finished stages stay done)")
-    return time.time() - started
+    ran = run_jobs([Job(stage, stage, out_dir, extra)], config_file, 1, num_gpus, hostfile)
+    return time.time() - started if ran else 0.0
 
 
 def pipeline_arms(cfg: DictConfig) -> list[str]:
@@ -163,17 +257,13 @@ def run(cfg: DictConfig) -> dict:
     unknown = [s for s in cfg.stages if s not in allowed]
     if unknown:
         raise ShepherdError(f"unknown stage '{unknown[0]}' in key stages; use some of {', '.join(allowed)}")
-    arms = pipeline_arms(cfg)
-    seconds: dict[str, float] = {}
-    for stage in cfg.stages:
-        seconds[stage] = run_stage(stage, cfg.experiment_file, stage_output_dir(cfg.experiment_file, stage), [],
-                                   cfg.num_gpus, cfg.hostfile)
+    jobs = [Job(stage, stage, stage_output_dir(cfg.experiment_file, stage), []) for stage in cfg.stages]
     runs = []
-    for arm in arms:
+    for arm in pipeline_arms(cfg):
         for seed, out in arm_runs(stage_output_dir(cfg.experiment_file, "ppo", arm), list(cfg.seeds)):
-            seconds[out] = run_stage("ppo", cfg.experiment_file, out, [f"arm={arm}", f"seed={seed}", "resume=true"],
-                                     cfg.num_gpus, cfg.hostfile)
+            jobs.append(Job(f"ppo-{arm}/seed{seed}", "ppo", out, [f"arm={arm}", f"seed={seed}", "resume=true"]))
             runs.append(out)
+    ran = run_jobs(jobs, cfg.experiment_file, cfg.jobs, cfg.num_gpus, cfg.hostfile)
     runs += prm_rounds(cfg)
     if cfg.report:
         stage_dirs = [stage_output_dir(cfg.experiment_file, s) for s in cfg.stages]
@@ -181,7 +271,7 @@ def run(cfg: DictConfig) -> dict:
                f"experiment={cfg.experiment}"]
         if subprocess.run(cmd).returncode != 0:
             raise ShepherdError("the report failed (every stage before it is complete)")
-    return {"stages_run": sum(v > 0 for v in seconds.values()), "ppo_runs": len(runs),
+    return {"stages_run": ran, "ppo_runs": len(runs),
             "report": os.path.join(cfg.output_dir, "report.md") if cfg.report else ""}
 
 

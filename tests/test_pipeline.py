@@ -38,7 +38,7 @@ def mini_experiment(tmp_path):
                 "ppo": {"updates": 2, "prompts_per_update": 4, "samples_per_prompt": 4, "minibatch_size": 16,
                         "max_new_tokens": 32}},
         "prm_round": {"output_dir": f"{out}/prm-round"},
-        "pipeline": {"output_dir": f"{out}/report", "seeds": [0]},
+        "pipeline": {"output_dir": f"{out}/report", "seeds": [0], "jobs": 2},
     }
     base["arms"] = {kind: {"output_dir": f"{out}/ppo-{kind}", "reward": {"type": kind} | (
         {"model": f"{out}/train-{kind}/model"} if kind != "rule" else {})} for kind in ("prm", "orm", "rule")}
@@ -62,6 +62,7 @@ def test_pipeline_end_to_end_then_skips_everything(tmp_path):
     for kind in ("prm", "orm", "rule"):
         m = json.loads((out / f"ppo-{kind}" / "seed0" / "metrics.json").read_text())
         assert m["reward_type"] == kind and 0 <= m["accuracy_t1"] <= 1 and 0 <= m["accuracy_greedy"] <= 1
+    assert f"[eval] wrote {out}/eval" in (out / "eval.log").read_text()  # two at once: each stage's output in its log
     report = (out / "report" / "report.md").read_text()
     for needle in ("SFT policy", "ppo-prm", "ppo-orm", "ppo-rule", "ppo-prm - ppo-orm", "Verification",
                    "Label quality", "First wrong step", "Wall time", "Cost and the hacking alarm"):
@@ -83,6 +84,43 @@ def test_pipeline_end_to_end_then_skips_everything(tmp_path):
     trained = yaml.safe_load((out / "ppo-prm-r2" / "seed0" / "config.yaml").read_text())
     assert trained["reward"]["model"] == f"{rnd}/train-prm/model" and (rnd / "train-prm" / "model").is_dir()
     assert "ppo-prm-r2" in (out / "report" / "report.md").read_text()
+
+
+def test_stages_at_once_wait_for_the_stages_they_read_from(tmp_path):
+    """Each stage waits for those whose output folder its section names; a stage nothing can run beside
+    gets every core, the others a share; fixed by the file, not by which stage finishes first."""
+    import os
+
+    from rl.pipeline import Job, order_jobs
+
+    config, out = mini_experiment(tmp_path)
+    stages = ("world", "eval", "sample", "annotate", "train-prm", "train-orm", "verify", "eval-prm")
+    jobs = [Job(s, s, f"{out}/{s}", []) for s in stages]
+    jobs += [Job(f"ppo-{k}", "ppo", f"{out}/ppo-{k}/seed0", [f"arm={k}", "seed=0"]) for k in ("prm", "orm", "rule")]
+    after = {j.name: j.after for j in order_jobs(jobs, str(config), 2)}
+    assert after["world"] == set() and after["eval"] == after["sample"] == after["ppo-rule"] == {"world"}
+    assert after["annotate"] == {"sample"} and after["train-prm"] == after["train-orm"] == {"world", "annotate"}
+    assert after["verify"] == {"world", "train-prm", "train-orm"} and after["eval-prm"] == {"train-prm", "verify"}
+    assert after["ppo-prm"] == {"world", "train-prm"} and after["ppo-orm"] == {"world", "train-orm"}
+    cores = len(os.sched_getaffinity(0))
+    threads = {j.name: j.threads for j in jobs}
+    assert threads["world"] == cores and threads["annotate"] == threads["ppo-prm"] == max(1, cores // 2)
+    assert all(j.after == set() and j.threads == 0 for j in order_jobs([Job(s, s, f"{out}/{s}", []) for s in stages],
+                                                                        str(config), 1))
+
+
+def test_a_failed_stage_stops_the_ones_beside_it_and_is_named_with_its_log(tmp_path):
+    import pytest
+
+    from reward.errors import ShepherdError
+    from rl.pipeline import Job, run_jobs
+
+    config, out = mini_experiment(tmp_path)
+    jobs = [Job("world", "world", f"{out}/world", ["train.steps=100000"]),  # long: still running when eval fails
+            Job("eval", "eval", f"{out}/eval", [f"policy={tmp_path}/missing"])]
+    with pytest.raises(ShepherdError, match=rf"(?s)stage eval failed.*{out}/eval.log.*{tmp_path}/missing"):
+        run_jobs(jobs, str(config), slots=2)
+    assert not (out / "world" / "metrics.json").exists() and (out / "world.log").exists()
 
 
 def test_report_compares_every_arm_with_the_orm_and_rule_baselines():
