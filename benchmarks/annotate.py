@@ -54,8 +54,9 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=8)
     parser.add_argument("--solutions", type=int, default=64)
     parser.add_argument("--strategies", default="full,binary_search,early_stop")
+    parser.add_argument("overrides", nargs="*", help="key=value over the annotate section, e.g. generation.batch_size=512")
     args = parser.parse_args()
-    cfg = load_config(AnnotateConfig, "annotate", args.config, [])
+    cfg = load_config(AnnotateConfig, "annotate", args.config, args.overrides)
     task = load_task(cfg.task)
     with tempfile.TemporaryDirectory() as tmp:
         sample_main(["--config", args.config, f"policy={args.policy}", f"output_dir={tmp}",

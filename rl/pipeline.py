@@ -20,6 +20,7 @@ gain more from two one-thread stages than from one stage on two threads; a stage
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -183,6 +184,9 @@ def run_jobs(jobs: list[Job], config_file: str, slots: int = 1, num_gpus: int = 
             waiting.discard(name)
             ran += 1
             print(f"[pipeline] {job.stage} done in {time.time() - started:.0f} s ({job.out_dir})", flush=True)
+            if log:  # its own print of metrics.json went to the log
+                with open(os.path.join(job.out_dir, "metrics.json")) as f:
+                    print(json.dumps({k: v for k, v in json.load(f).items() if not isinstance(v, (list, dict))}), flush=True)
     return ran
 
 

@@ -8,7 +8,7 @@ from transformers.cache_utils import DynamicLayer
 
 from reward.config import GenerationConfig
 from reward.errors import ShepherdError
-from reward.generation.hf import BufferedLayer
+from reward.generation.hf import CACHE_KWARG, BufferedLayer
 from reward.generation import engine_max_model_len, load_causal_lm, load_generator, resolve_dtype, this_ranks_gpu
 from reward.tasks.arith import ArithTask
 
@@ -16,6 +16,36 @@ from reward.tasks.arith import ArithTask
 def _gen(folder, **kw):
     cfg = OmegaConf.structured(GenerationConfig(**kw))
     return load_generator(folder, cfg)
+
+
+def test_shared_prefix_attention_equals_attention_over_the_repeated_cache():
+    """Each prompt's keys read once for its n samples give what SDPA gives over the prompt's cache copied to
+    every row: left padding, rows dropped (a prompt left with 0, 1 or all its rows), grouped KV heads."""
+    from types import SimpleNamespace
+
+    from reward.generation.hf import SharedPrefixLayer, shared_prefix_attention
+
+    torch.manual_seed(0)
+    prompts, n, kv_heads, heads, plen, dim = 3, 3, 2, 4, 5, 8
+    pk, pv = torch.randn(prompts, kv_heads, plen, dim), torch.randn(prompts, kv_heads, plen, dim)
+    keep = torch.ones(prompts, plen, dtype=torch.bool)
+    keep[0, :2] = keep[2, :1] = False  # left padding
+    layer = SharedPrefixLayer(pk, pv, keep, n)
+    for step in range(3):
+        layer.update(torch.randn(layer.owner.numel(), kv_heads, 1, dim), torch.randn(layer.owner.numel(), kv_heads, 1, dim))
+        if step == 0:
+            layer.batch_select_indices(torch.tensor([0, 1, 2, 5, 6, 7]))
+        if step == 1:
+            layer.batch_select_indices(torch.tensor([0, 1, 2, 4]))  # prompt 0 keeps all, 1 none, 2 one row
+    assert layer.get_seq_length() == plen + 3 and layer.owner.tolist() == [0, 0, 0, 2]
+    query = torch.randn(4, heads, 1, dim)
+    ours, _ = shared_prefix_attention(SimpleNamespace(layer_idx=0), query, layer.keys, layer.values, None,
+                                      scaling=dim ** -0.5, shared_prefix=SimpleNamespace(layers=[layer]))
+    keys, values = (torch.cat([p[layer.owner], own], 2).repeat_interleave(heads // kv_heads, 1)
+                    for p, own in ((pk, layer.keys), (pv, layer.values)))
+    visible = torch.cat([keep[layer.owner], torch.ones(4, 3, dtype=torch.bool)], 1)[:, None, None, :]
+    theirs = torch.nn.functional.scaled_dot_product_attention(query, keys, values, attn_mask=visible).transpose(1, 2)
+    torch.testing.assert_close(ours, theirs, rtol=1e-5, atol=1e-5)
 
 
 def test_batched_greedy_equals_one_by_one(random_policy):
@@ -52,6 +82,8 @@ def test_decode_loop_draws_what_plain_generate_draws(random_policy, temperature)
     prompts = [task.format_prompt(p.question) for p in task.problems("test", 5)]  # different lengths
     n = 3 if temperature else 1
     ours = gen.generate(prompts, n=n, temperature=temperature, seed=4)
+    shared = type(gen.prefill(gen.encode(prompts), n)[CACHE_KWARG].layers[0]).__name__ == "SharedPrefixLayer"
+    assert shared == (n > 1)  # n samples read their prompt's keys once (shared_prefix_attention)
     flat = [p for p in prompts for _ in range(n)]
     enc = gen.encode(flat)
     torch.manual_seed(4 * 100003)  # the seed of the first (here the only) batch

@@ -8,12 +8,13 @@ prompts are whole step prefixes, that is most of the work. The decode loop then 
 from __future__ import annotations
 
 import inspect
-from typing import Any, Sequence
+from contextlib import contextmanager, nullcontext
+from typing import Any, Iterator, Sequence
 
 import torch
 from tqdm import tqdm
-from transformers import (DynamicCache, LlamaForCausalLM, LogitsProcessorList, StoppingCriteria, TemperatureLogitsWarper,
-                          TopPLogitsWarper)
+from transformers import (AttentionInterface, DynamicCache, LlamaForCausalLM, LogitsProcessorList, StoppingCriteria,
+                          TemperatureLogitsWarper, TopPLogitsWarper)
 from transformers.cache_utils import DynamicLayer
 
 from reward.distributed import all_reduce_sum
@@ -58,7 +59,7 @@ class BufferedLayer(DynamicLayer):
                ) -> tuple[torch.Tensor, torch.Tensor]:
         if not self.is_initialized:
             self.lazy_initialization(key_states, value_states)
-        old = self.get_seq_length()
+        old = DynamicLayer.get_seq_length(self)  # the tokens in this buffer (a SharedPrefixLayer counts its prompt too)
         end = old + key_states.shape[-2]
         if not self.holds(old) or end > self.buffer[0].shape[-2]:
             shape = (*key_states.shape[:2], 2 * end)
@@ -82,6 +83,95 @@ def buffered_cache(config: Any) -> DynamicCache:
     cache = DynamicCache(config=config)
     cache.layers = [BufferedLayer() if type(layer) is DynamicLayer else layer for layer in cache.layers]
     return cache
+
+
+class SharedPrefixLayer(BufferedLayer):
+    """A cache layer for n samples of each prompt that holds every prompt's keys and values once.
+
+    `keys`/`values` (buffered) hold each row's own tokens; `prefix` holds the prompts' (one row per
+    prompt) and `owner` the prompt of each row, in order. Repeating the prompt's cache to its n samples
+    (`batch_repeat_interleave`) made every row selection and buffer growth copy the prompt n times over:
+    for Monte-Carlo annotation, whose prompts are whole step prefixes, that was the largest cost left.
+    `shared_prefix_attention` reads the prompt here instead."""
+
+    def __init__(self, keys: torch.Tensor, values: torch.Tensor, keep: torch.Tensor, n: int) -> None:
+        super().__init__()
+        self.prefix = (keys, values)
+        self.keep = keep  # [prompts, prompt length]: not padding
+        self.owner = torch.arange(keys.shape[0], device=keys.device).repeat_interleave(n)
+        self._grid: tuple[torch.Tensor, int, torch.Tensor] | None = None
+
+    def get_seq_length(self) -> int:
+        return self.prefix[0].shape[-2] + super().get_seq_length()
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if DynamicLayer.get_seq_length(self):
+            self.keys, self.values = self.keys[indices], self.values[indices]
+        self.owner, self._grid = self.owner[indices], None
+
+    def grid(self) -> tuple[torch.Tensor, int, torch.Tensor]:
+        """Each row's slot among its prompt's rows, the most rows a prompt has, and each row's additive
+        mask over the prompt (-inf on padding); kept until rows leave."""
+        if self._grid is None:
+            counts = torch.bincount(self.owner, minlength=self.keep.shape[0])
+            slot = torch.arange(self.owner.numel(), device=self.owner.device) - (counts.cumsum(0) - counts)[self.owner]
+            bias = torch.zeros(self.keep.shape, device=self.keep.device).masked_fill(~self.keep, float("-inf"))
+            self._grid = slot, int(counts.max()), bias[self.owner][:, None, None, :]
+        return self._grid
+
+
+# Models whose attention is softmax(q k^T * scaling) v over every cached token (no softcap, sinks or
+# sliding window), which `shared_prefix_attention` computes in two parts.
+SHARED_PREFIX_MODELS = ("llama", "qwen2", "qwen3")
+SHARED_PREFIX_ATTENTION = "shepherd_shared_prefix"
+
+
+def shared_prefix_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                            attention_mask: Any, scaling: float, dropout: float = 0.0, shared_prefix: Any = None,
+                            **kwargs: Any) -> tuple[torch.Tensor, None]:
+    """One decode step's attention over each row's prompt (read once per prompt from its
+    `SharedPrefixLayer`) and its own tokens (`key`, `value`), one softmax over both.
+
+    A transformers attention function (registered under SHARED_PREFIX_ATTENTION for the decode loop):
+    the library's kernels take one key tensor per row. Rows of one prompt are consecutive (`owner` is
+    sorted), so each prompt's queries are gathered into a [prompts, rows of the most numerous prompt]
+    grid and meet its keys in one batched matmul."""
+    layer = shared_prefix.layers[module.layer_idx]
+    (pk, pv), owner = layer.prefix, layer.owner
+    slot, width, bias = layer.grid()
+    rows, heads, q, dim = query.shape  # q == 1: the loop feeds one token per row
+    prompts, kv_heads, plen = pk.shape[:3]
+    groups = heads // kv_heads
+
+    def to_grid(x: torch.Tensor) -> torch.Tensor:  # [rows, heads, q, k] -> [prompts, kv_heads, groups*width*q, k]
+        grid = x.new_zeros(prompts, width, *x.shape[1:])
+        grid[owner, slot] = x
+        return grid.transpose(1, 2).reshape(prompts, kv_heads, groups * width * q, x.shape[-1])
+
+    def from_grid(x: torch.Tensor) -> torch.Tensor:  # the inverse, for the rows that exist
+        return x.reshape(prompts, heads, width, q, x.shape[-1]).transpose(1, 2)[owner, slot]
+
+    by_kv = (rows, kv_heads, groups * q, dim)
+    prefix_scores = from_grid(to_grid(query) @ pk.transpose(-1, -2)).float() * scaling + bias
+    own_scores = (query.reshape(by_kv) @ key.transpose(-1, -2)).reshape(rows, heads, q, -1).float() * scaling
+    weights = torch.softmax(torch.cat([prefix_scores, own_scores], -1), -1).to(query.dtype)
+    out = from_grid(to_grid(weights[..., :plen]) @ pv)
+    out = out + (weights[..., plen:].reshape(rows, kv_heads, groups * q, -1) @ value).reshape(rows, heads, q, dim)
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(SHARED_PREFIX_ATTENTION, shared_prefix_attention)
+
+
+@contextmanager
+def attention(model: Any, implementation: str) -> Iterator[None]:
+    """The model's attention function switched for a block (the config is read at every forward)."""
+    before = model.config._attn_implementation
+    model.config._attn_implementation = implementation
+    try:
+        yield
+    finally:
+        model.config._attn_implementation = before
 
 
 class HFGenerator(Generator):
@@ -111,7 +201,12 @@ class HFGenerator(Generator):
         cache = buffered_cache(self.model.config)
         self.model(input_ids=ids[:, :-1], attention_mask=mask[:, :-1], position_ids=positions[:, :-1],
                    use_cache=True, logits_to_keep=1, **{CACHE_KWARG: cache})
-        cache.batch_repeat_interleave(n)
+        if n > 1 and self.model.config.model_type in SHARED_PREFIX_MODELS and all(
+                type(layer) is BufferedLayer for layer in cache.layers):
+            keep = mask[:, :-1].bool()
+            cache.layers = [SharedPrefixLayer(layer.keys, layer.values, keep, n) for layer in cache.layers]
+        else:
+            cache.batch_repeat_interleave(n)
         inputs[CACHE_KWARG] = cache
         return inputs
 
@@ -141,35 +236,38 @@ class HFGenerator(Generator):
             cache, step_ids, step_pos = inputs[CACHE_KWARG], ids[:, -1:], positions[:, -1:]
         else:
             cache, step_ids, step_pos = buffered_cache(self.model.config), ids, positions
+        shared = isinstance(cache.layers[0], SharedPrefixLayer)
+        extra = {"shared_prefix": cache} if shared else {}
         live = torch.arange(rows, device=ids.device)  # the output rows still in the batch, in batch order
         out = torch.full((rows, max_new_tokens), pad, dtype=torch.long, device=ids.device)
         lengths, ended_by = [max_new_tokens] * rows, [False] * rows
-        for t in range(max_new_tokens):
-            result = self.model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=True,
-                                logits_to_keep=1, **{CACHE_KWARG: cache})
-            scores = torch.zeros(rows, result.logits.shape[-1], dtype=torch.float32, device=ids.device)
-            scores[live] = result.logits[: live.numel(), -1].float()
-            if temperature > 0:
-                tokens = torch.multinomial(torch.softmax(warpers(out[:, :t], scores), -1), 1)[:, 0][live]
-            else:
-                tokens = scores[live].argmax(-1)
-            out[live, t] = tokens
-            ended = tokens == eos
-            if stopper is not None:
-                ended |= stopper(out[live, : t + 1], scores)
-            for r, token in zip(live[ended].tolist(), tokens[ended].tolist()):
-                lengths[r], ended_by[r] = t + int(token != eos), True
-            keep = (~ended).nonzero()[:, 0]
-            if not self.rows_left(keep.numel()):
-                break
-            live = live[keep]
-            if keep.numel() == 0:  # this rank is done, another is not: one row keeps it in step, unrecorded
-                keep, tokens = keep.new_zeros(1), tokens.new_full((max(1, tokens.numel()),), pad)
-            if keep.numel() < step_ids.shape[0]:
-                cache.batch_select_indices(keep)
-                mask, step_pos, tokens = mask[keep], step_pos[keep], tokens[keep]
-            mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
-            step_ids, step_pos = tokens[:, None], step_pos[:, -1:] + 1
+        with attention(self.model, SHARED_PREFIX_ATTENTION) if shared else nullcontext():
+            for t in range(max_new_tokens):
+                result = self.model(input_ids=step_ids, attention_mask=mask, position_ids=step_pos, use_cache=True,
+                                    logits_to_keep=1, **{CACHE_KWARG: cache}, **extra)
+                scores = torch.zeros(rows, result.logits.shape[-1], dtype=torch.float32, device=ids.device)
+                scores[live] = result.logits[: live.numel(), -1].float()
+                if temperature > 0:
+                    tokens = torch.multinomial(torch.softmax(warpers(out[:, :t], scores), -1), 1)[:, 0][live]
+                else:
+                    tokens = scores[live].argmax(-1)
+                out[live, t] = tokens
+                ended = tokens == eos
+                if stopper is not None:
+                    ended |= stopper(out[live, : t + 1], scores)
+                for r, token in zip(live[ended].tolist(), tokens[ended].tolist()):
+                    lengths[r], ended_by[r] = t + int(token != eos), True
+                keep = (~ended).nonzero()[:, 0]
+                if not self.rows_left(keep.numel()):
+                    break
+                live = live[keep]
+                if keep.numel() == 0:  # this rank is done, another is not: one row keeps it in step, unrecorded
+                    keep, tokens = keep.new_zeros(1), tokens.new_full((max(1, tokens.numel()),), pad)
+                if keep.numel() < step_ids.shape[0]:
+                    cache.batch_select_indices(keep)
+                    mask, step_pos, tokens = mask[keep], step_pos[keep], tokens[keep]
+                mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
+                step_ids, step_pos = tokens[:, None], step_pos[:, -1:] + 1
         return [(row[:n], done) for row, n, done in zip(out.tolist(), lengths, ended_by)]
 
     def rows_left(self, here: int) -> bool:
