@@ -152,7 +152,8 @@ def run_jobs(jobs: list[Job], config_file: str, slots: int = 1, num_gpus: int = 
             pending.append(job)
     waiting = {j.name for j in pending}
     while pending or running:
-        for job in [j for j in pending if not j.after & waiting][:slots - len(running)]:
+        ready = sorted((j for j in pending if not j.after & waiting), key=lambda j: j.stage != "ppo")  # the longest first
+        for job in ready[:slots - len(running)]:
             cmd, env = stage_command(job.stage, config_file, job.out_dir, job.extra, num_gpus, hostfile, job.threads)
             log = None
             if slots > 1:
@@ -179,7 +180,7 @@ def run_jobs(jobs: list[Job], config_file: str, slots: int = 1, num_gpus: int = 
                 if log:
                     with open(log.name) as f:
                         tail = f"; the end of {log.name}:\n" + "".join(f.readlines()[-15:])
-                raise ShepherdError(f"stage {job.stage} failed (rerun `{' '.join(cmd_of(job, config_file))}` to see "
+                raise ShepherdError(f"stage {job.name} failed (rerun `{' '.join(cmd_of(job, config_file))}` to see "
                                     f"why; finished stages stay done){tail}")
             waiting.discard(name)
             ran += 1
