@@ -239,6 +239,8 @@ class HFGenerator(Generator):
             cache, step_ids, step_pos = buffered_cache(self.model.config), ids, positions
         shared = isinstance(cache.layers[0], SharedPrefixLayer)
         extra = {"shared_prefix": cache} if shared else {}
+        if shared:  # shared_prefix_attention reads the prompt's padding from the cache: no mask to grow per token
+            mask = None
         live = torch.arange(rows, device=ids.device)  # the output rows still in the batch, in batch order
         out = torch.full((rows, max_new_tokens), pad, dtype=torch.long, device=ids.device)
         lengths, ended_by = [max_new_tokens] * rows, [False] * rows
@@ -266,8 +268,10 @@ class HFGenerator(Generator):
                     keep, tokens = keep.new_zeros(1), tokens.new_full((max(1, tokens.numel()),), pad)
                 if keep.numel() < step_ids.shape[0]:
                     cache.batch_select_indices(keep)
-                    mask, step_pos, tokens = mask[keep], step_pos[keep], tokens[keep]
-                mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
+                    step_pos, tokens = step_pos[keep], tokens[keep]
+                    mask = mask[keep] if mask is not None else None
+                if mask is not None:
+                    mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
                 step_ids, step_pos = tokens[:, None], step_pos[:, -1:] + 1
         return [(row[:n], done) for row, n, done in zip(out.tolist(), lengths, ended_by)]
 
