@@ -37,7 +37,7 @@ from reward.training import TrainConfig, save_trained, tensorboard_callback, tra
 @dataclass
 class RewardTrainConfig(StageConfig):
     kind: str = "prm"  # prm | orm
-    data: str = ""  # stepwise.jsonl (or math_shepherd.jsonl) from `shepherd annotate`
+    data: str = ""  # stepwise.jsonl (or math_shepherd.jsonl) from `shepherd annotate`; an ORM also samples.jsonl
     init: str = ""  # causal-LM folder to start from (e.g. the world's policy)
     label_type: str = "he"  # prm: he (hard) or se (soft targets)
     # prm: all (the paper: every tag's label) or first_error (labels up to the first wrong step, later
@@ -63,11 +63,20 @@ class Example:
 
 
 def read_examples(path: str, kind: str, label_type: str, label_scope: str = "all") -> list[Example]:
-    """Training rows from either annotate format; a label count that does not match the steps is an error.
-    `label_scope=first_error` masks (NaN) every tag after the first step whose hard label is wrong."""
+    """Training rows from either annotate format, or for an ORM from samples.jsonl (its outcome labels need no
+    Monte-Carlo annotation, so the ORM trains beside it); a label count that does not match the steps is an
+    error. `label_scope=first_error` masks (NaN) every tag after the first step whose hard label is wrong."""
     out = []
     for lineno, r in enumerate(iter_jsonl(path), 1):
         where = f"{path}:{lineno}"
+        if "steps" in r and "completions" not in r:  # a sample (`shepherd sample`): its outcome, no step labels
+            if kind != "orm":
+                raise ShepherdError(f"{where}: a sample has no step labels; the PRM learns from `shepherd annotate`'s output")
+            if not r["steps"] or r.get("gold") in (None, ""):
+                continue  # as annotate skips it: no step to score, or no answer to judge
+            if "correct" not in r or "question" not in r:
+                raise ShepherdError(f"{where}: a sample needs the fields 'question' and 'correct'")
+            r = {**r, "prompt": r["question"], "completions": r["steps"], "labels": [r["correct"]] * len(r["steps"])}
         if "input" in r and "label" in r:
             parsed = from_math_shepherd(r, where)  # a problem is its question (released rows: no ids)
             r = {**parsed, "problem_id": r.get("problem_id", parsed["prompt"])}

@@ -12,10 +12,9 @@ training, data-parallel ranks that share the sampling chunks (`reward.shards`) w
 one process. On a machine without a GPU, `num_gpus` N starts N gloo ranks with one thread each.
 
 With `jobs` N > 1, up to N stages run at once, each as soon as the stages whose outputs its section
-reads are done (the rule arm and eval beside sampling and annotation, the PRM beside the ORM, the PPO
-arms side by side), each writing its output to <its output_dir>.log. The embedded world's small models
-gain more from two one-thread stages than from one stage on two threads; a stage nothing can run beside
-(the world) gets every core.
+reads are done (the rule arm beside annotation, the ORM beside it too, the PPO arms side by side), the
+one on the longest chain to the end first, each writing its output to <its output_dir>.log. Each gets
+its share of the cores, fixed by the file; a stage nothing can run beside (the world) gets them all.
 """
 from __future__ import annotations
 
@@ -117,13 +116,20 @@ class Job:
     extra: list[str]
     after: set[str] = field(default_factory=set)
     threads: int = 0  # CPU threads (OMP_NUM_THREADS); 0: torch's default, every core
+    rank: int = 0  # the longest chain of work from its start to the pipeline's end: the larger starts first
+
+
+# A PPO run counts as two stages in a job's rank: after the world it is the longest stage (the demo's
+# arms take about as long as annotation or a reward model and the next stage together).
+STAGE_WEIGHT = {"ppo": 2}
 
 
 def order_jobs(jobs: list[Job], config_file: str, slots: int) -> list[Job]:
     """Each job after the earlier ones it reads from (a path under their output folder, in its section of
     the file), and its CPU threads: every core when no other job can run beside it (all of them come
     before or after it), else its share of `slots`. Fixed by the file, not by timing, so a run's numbers
-    do not depend on which stage happened to finish first."""
+    do not depend on which stage happened to finish first. And its rank: the weight of the longest chain
+    of jobs from it to the end, so that of the ready jobs those on the critical path start first."""
     if slots <= 1:
         return jobs
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -133,10 +139,19 @@ def order_jobs(jobs: list[Job], config_file: str, slots: int) -> list[Job]:
         job.after = {a.name for a in jobs[:i] if any(r == a.out_dir or r.startswith(a.out_dir.rstrip("/") + "/")
                                                       for r in reads)}
         before[job.name] = set().union(job.after, *(before[a] for a in job.after))
+    for job in reversed(jobs):  # a job's dependents come after it in the list
+        job.rank = STAGE_WEIGHT.get(job.stage, 1) + max((o.rank for o in jobs if job.name in o.after), default=0)
     for job in jobs:
         alone = all(job.name in before[o.name] or o.name in before[job.name] for o in jobs if o is not job)
         job.threads = cores if alone else max(1, cores // slots)
     return jobs
+
+
+def ready_jobs(pending: list[Job], waiting: set[str], slots: int) -> list[Job]:
+    """The pending jobs that wait for no other, in the order to start them: one slot, the list's order;
+    more, the longest chain to the end first (the critical path), then PPO (the longest stage)."""
+    ready = [j for j in pending if not j.after & waiting]
+    return ready if slots <= 1 else sorted(ready, key=lambda j: (-j.rank, j.stage != "ppo"))
 
 
 def run_jobs(jobs: list[Job], config_file: str, slots: int = 1, num_gpus: int = 0, hostfile: str = "") -> int:
@@ -152,8 +167,7 @@ def run_jobs(jobs: list[Job], config_file: str, slots: int = 1, num_gpus: int = 
             pending.append(job)
     waiting = {j.name for j in pending}
     while pending or running:
-        ready = sorted((j for j in pending if not j.after & waiting), key=lambda j: j.stage != "ppo")  # the longest first
-        for job in ready[:slots - len(running)]:
+        for job in ready_jobs(pending, waiting, slots)[:slots - len(running)]:
             cmd, env = stage_command(job.stage, config_file, job.out_dir, job.extra, num_gpus, hostfile, job.threads)
             log = None
             if slots > 1:

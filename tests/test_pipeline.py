@@ -27,7 +27,7 @@ def mini_experiment(tmp_path):
                      "audit": True, "audit_solutions": 16},
         "train_prm": {"output_dir": f"{out}/train-prm", "data": f"{out}/annotate/stepwise.jsonl",
                       "init": f"{out}/world/policy", "train": {"steps": 3, "batch_size": 4, "warmup_steps": 1}},
-        "train_orm": {"output_dir": f"{out}/train-orm", "kind": "orm", "data": f"{out}/annotate/stepwise.jsonl",
+        "train_orm": {"output_dir": f"{out}/train-orm", "kind": "orm", "data": f"{out}/sample/samples.jsonl",
                       "init": f"{out}/world/policy", "train": {"steps": 3, "batch_size": 4, "warmup_steps": 1}},
         "verify": {"output_dir": f"{out}/verify", "policy": f"{out}/world/policy", "prm": f"{out}/train-prm/model",
                    "orm": f"{out}/train-orm/model", "num_problems": 10, "n": 8},
@@ -99,7 +99,8 @@ def test_stages_at_once_wait_for_the_stages_they_read_from(tmp_path):
     jobs += [Job(f"ppo-{k}", "ppo", f"{out}/ppo-{k}/seed0", [f"arm={k}", "seed=0"]) for k in ("prm", "orm", "rule")]
     after = {j.name: j.after for j in order_jobs(jobs, str(config), 2)}
     assert after["world"] == set() and after["eval"] == after["sample"] == after["ppo-rule"] == {"world"}
-    assert after["annotate"] == {"sample"} and after["train-prm"] == after["train-orm"] == {"world", "annotate"}
+    assert after["annotate"] == {"sample"} and after["train-prm"] == {"world", "annotate"}
+    assert after["train-orm"] == {"world", "sample"}  # outcomes only: it trains beside the annotation
     assert after["verify"] == {"world", "train-prm", "train-orm"} and after["eval-prm"] == {"train-prm", "verify"}
     assert after["ppo-prm"] == {"world", "train-prm"} and after["ppo-orm"] == {"world", "train-orm"}
     cores = len(os.sched_getaffinity(0))
@@ -107,6 +108,31 @@ def test_stages_at_once_wait_for_the_stages_they_read_from(tmp_path):
     assert threads["world"] == cores and threads["annotate"] == threads["ppo-prm"] == max(1, cores // 2)
     assert all(j.after == set() and j.threads == 0 for j in order_jobs([Job(s, s, f"{out}/{s}", []) for s in stages],
                                                                         str(config), 1))
+
+
+def test_the_critical_path_starts_first_and_one_slot_keeps_the_list_order(tmp_path):
+    """With two slots the ready job on the longest chain to the end starts first (sampling, which the
+    reward models and PPO arms wait on, before the rule arm and eval); with one, the file's order."""
+    from rl.pipeline import Job, order_jobs, ready_jobs
+
+    config, out = mini_experiment(tmp_path)
+    stages = ("world", "eval", "sample", "annotate", "train-prm", "train-orm", "verify", "eval-prm")
+    jobs = [Job(s, s, f"{out}/{s}", []) for s in stages]
+    jobs += [Job(f"ppo-{k}", "ppo", f"{out}/ppo-{k}/seed0", [f"arm={k}", "seed=0"]) for k in ("prm", "orm", "rule")]
+    order_jobs(jobs, str(config), 2)
+    waiting = {j.name for j in jobs}
+
+    def ready(done: set[str]) -> list[str]:
+        return [j.name for j in ready_jobs([j for j in jobs if j.name not in done], waiting - done, 2)]
+
+    assert ready(set()) == ["world"]
+    assert ready({"world"}) == ["sample", "ppo-rule", "eval"]
+    assert ready({"world", "sample"})[:2] == ["annotate", "train-orm"]
+    done = {"world", "eval", "sample", "annotate", "train-orm", "train-prm", "ppo-rule"}
+    assert ready(done) == ["ppo-prm", "ppo-orm", "verify"]  # PPO (two stages' weight) ties verify + eval-prm
+    one = [Job(s, s, f"{out}/{s}", []) for s in ("world", "sample")] + [Job("ppo-rule", "ppo", f"{out}/p", [])]
+    order_jobs(one, str(config), 1)
+    assert [j.name for j in ready_jobs(one, {j.name for j in one}, 1)] == ["world", "sample", "ppo-rule"]
 
 
 def test_a_failed_stage_stops_the_ones_beside_it_and_is_named_with_its_log(tmp_path):

@@ -102,6 +102,29 @@ def test_orm_targets_only_the_last_tag_and_label_count_checked(tmp_path, rm):
         read_examples(str(f), "prm", "he")
 
 
+def test_orm_reads_samples_as_it_reads_their_annotation(tmp_path):
+    """An ORM learns outcomes only: from samples.jsonl it gets the rows annotate's output gives it (so it
+    need not wait for annotation); a sample without steps or gold is skipped as annotate skips it."""
+    samples = [{"id": f"s{i}", "problem_id": f"p{i // 2}", "question": Q, "gold": "3", "steps": STEPS[: 2 + i],
+                "correct": i % 2 == 0} for i in range(3)]
+    annotated = [{"id": r["id"], "problem_id": r["problem_id"], "prompt": Q, "completions": r["steps"],
+                  "labels": [True] * len(r["steps"]), "correct": r["correct"]} for r in samples]
+    f, g = tmp_path / "samples.jsonl", tmp_path / "stepwise.jsonl"
+    skipped = [{**samples[0], "id": "empty", "steps": []}, {**samples[0], "id": "nogold", "gold": None}]
+    f.write_text("".join(json.dumps(r) + "\n" for r in samples + skipped))
+    g.write_text("".join(json.dumps(r) + "\n" for r in annotated))
+    from_samples, from_labels = read_examples(str(f), "orm", "he"), read_examples(str(g), "orm", "he")
+    assert [(e.problem_id, e.steps) for e in from_samples] == [(e.problem_id, e.steps) for e in from_labels]
+    assert [e.targets[-1] for e in from_samples] == [1.0, 0.0, 1.0]
+    assert [e.targets[-1] for e in from_labels] == [1.0, 0.0, 1.0]
+    assert all(math.isnan(t) for e in from_samples for t in e.targets[:-1])
+    with pytest.raises(ShepherdError, match=r"samples.jsonl:1: a sample has no step labels"):
+        read_examples(str(f), "prm", "he")
+    f.write_text(json.dumps({k: v for k, v in samples[0].items() if k != "correct"}) + "\n")
+    with pytest.raises(ShepherdError, match=r"samples.jsonl:1: .*'correct'"):
+        read_examples(str(f), "orm", "he")
+
+
 def test_missing_tag_token_without_permission(tmp_path):
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import LlamaConfig, PreTrainedTokenizerFast
