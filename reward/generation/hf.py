@@ -4,8 +4,9 @@ on, seeded per batch so that a run is reproducible.
 Each prompt is encoded once and its KV cache shared by its n samples (read once per decode step by
 `shared_prefix_attention`; copied to each sample for models outside SHARED_PREFIX_MODELS).
 `generate(num_return_sequences=n)` (and a flat list of n copies) would run the prompt's forward n
-times: for Monte-Carlo annotation, whose prompts are whole step prefixes, that is most of the work. The decode loop then drops finished rows
-(`HFGenerator.decode`); both are measured in `benchmarks/annotate.py`."""
+times: for Monte-Carlo annotation, whose prompts are whole step prefixes, that is most of the work.
+The decode loop then drops finished rows (`HFGenerator.decode`); both are measured in
+`benchmarks/annotate.py`."""
 from __future__ import annotations
 
 import inspect
