@@ -27,7 +27,7 @@ from reward.io import read_jsonl, write_atomic, write_jsonl_atomic
 from reward.prm import score_steps
 from reward.sample import sample_and_grade
 from reward.stage import stage_main
-from reward.tasks import Problem, Task, load_task
+from reward.tasks import HELD_OUT_SEED, Problem, Task, load_task
 
 STEP = re.compile(r"^(\d+) ([+-]) (\d+) = (\d+)(?: ; (.*))?$")
 KINDS = ["taught rule", "operand", "restated rest", "result digit", "missing step", "format"]
@@ -93,7 +93,7 @@ def scored_samples(cfg: DictConfig, task: Task, policy: str, prm: Any, prm_tok: 
     """A policy's graded samples with the PRM's step scores, written once to `path` (a rerun reads them)."""
     if os.path.isfile(path):
         return read_jsonl(path)
-    problems = task.problems(cfg.split, cfg.num_problems, seed=cfg.seed)
+    problems = task.problems(cfg.split, cfg.num_problems, seed=HELD_OUT_SEED)
     generator = load_generator(policy, cfg.generation)
     records = [r for g in sample_and_grade(generator, task, problems, cfg.samples_per_problem, cfg.temperature,
                                             cfg.seed) for r in g]

@@ -31,7 +31,7 @@ from reward.io import read_jsonl, write_atomic, write_jsonl_atomic
 from reward.prm import aggregate
 from reward.sample import sample_and_grade
 from reward.stage import stage_main
-from reward.tasks import load_task
+from reward.tasks import HELD_OUT_SEED, load_task
 
 
 @dataclass
@@ -175,7 +175,7 @@ def load_or_sample(cfg: DictConfig, task: Any) -> list[list[dict[str, Any]]]:
         if not groups:
             raise ShepherdError(f"{cfg.samples}: no problem has n={cfg.n} solutions (key n)")
         return groups[: cfg.num_problems]
-    problems = task.problems(cfg.split, cfg.num_problems, seed=cfg.seed)
+    problems = task.problems(cfg.split, cfg.num_problems, seed=HELD_OUT_SEED)
     generator = load_generator(cfg.policy, cfg.generation)
     return sample_and_grade(generator, task, problems, cfg.n, cfg.temperature, cfg.seed + 17, progress=True)
 

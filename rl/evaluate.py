@@ -13,7 +13,7 @@ from reward.generation import Generator, load_generator
 from reward.io import write_jsonl_atomic
 from reward.sample import sample_and_grade, summarize
 from reward.stage import stage_main
-from reward.tasks import Problem, Task, load_task
+from reward.tasks import HELD_OUT_SEED, Problem, Task, load_task
 
 
 @dataclass
@@ -71,7 +71,7 @@ def evaluate_policy(policy: str, task: Task, problems: list[Problem], gen_cfg: A
 
 def run(cfg: DictConfig) -> dict:
     task = load_task(cfg.task)
-    problems = task.problems(cfg.split, cfg.num_problems, seed=cfg.seed)
+    problems = task.problems(cfg.split, cfg.num_problems, seed=HELD_OUT_SEED)
     return evaluate_policy(cfg.policy, task, problems, cfg.generation, cfg.samples_per_problem, cfg.temperature,
                            cfg.seed, out_path=os.path.join(cfg.output_dir, "eval_samples.jsonl"))
 

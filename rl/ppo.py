@@ -36,7 +36,7 @@ from reward.generation import Generator, HFGenerator, load_causal_lm, load_token
 from reward.io import append_jsonl, read_jsonl_resumable, write_jsonl_atomic
 from reward.adapters import load_reward_model, score_items
 from reward.stage import stage_main
-from reward.tasks import Problem, Task, load_task
+from reward.tasks import HELD_OUT_SEED, Problem, Task, load_task
 from reward.lora import LoraSettings, apply_lora, folded_weights
 from rl import engines
 from rl.advantages import BASELINES, CREDITS, ESTIMATORS, group_advantages, returns_to_go
@@ -612,9 +612,8 @@ def run(cfg: DictConfig) -> dict:
     m = build_models(cfg, world, rank, device)
     problems = task.problems(cfg.train_split, cfg.train_problems, seed=cfg.seed)
     random.Random(cfg.seed).shuffle(problems)
-    # The same held-out problems for every seed and arm (runs differ in training randomness, not in test set)
-    eval_set = task.problems(cfg.eval_split, cfg.eval_problems, seed=0)
-    final_set = task.problems(cfg.final_split, cfg.final_eval_problems, seed=0)
+    eval_set = task.problems(cfg.eval_split, cfg.eval_problems, seed=HELD_OUT_SEED)
+    final_set = task.problems(cfg.final_split, cfg.final_eval_problems, seed=HELD_OUT_SEED)
     ckpt_root, log_path = os.path.join(cfg.output_dir, "checkpoints"), os.path.join(cfg.output_dir, "log.jsonl")
     state = start_or_resume(cfg, m, ckpt_root, log_path, rank)
     if "sft" not in state:  # the starting policy on the final split, same problems and seeds: a paired baseline

@@ -14,7 +14,7 @@ from reward.config import GenerationConfig, StageConfig
 from reward.errors import ShepherdError
 from reward.io import write_jsonl_atomic
 from reward.stage import stage_main
-from reward.tasks import load_task
+from reward.tasks import HELD_OUT_SEED, load_task
 from reward.training import TrainConfig
 from rl.evaluate import evaluate_policy
 from rl.sft import ModelConfig, train_sft
@@ -61,7 +61,7 @@ def run(cfg: DictConfig) -> dict:
     train_stats = train_sft(cfg, task, tokenizer, model_cfg=tiny_llama_config(tokenizer, cfg.model),
                             init="", out_dir=policy_dir)
     train_seconds = time.time() - start
-    problems = task.problems(cfg.eval_split, cfg.eval_problems, seed=cfg.seed)
+    problems = task.problems(cfg.eval_split, cfg.eval_problems, seed=HELD_OUT_SEED)
     write_jsonl_atomic(os.path.join(cfg.output_dir, f"{cfg.eval_split}.jsonl"),
                        [{"id": p.id, "question": p.question, "gold": p.gold, **p.meta} for p in problems])
     metrics = evaluate_policy(policy_dir, task, problems, cfg.generation, cfg.eval_samples, 1.0, cfg.seed,

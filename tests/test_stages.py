@@ -88,7 +88,15 @@ def test_eval_stage(tiny_world, tmp_path):
     for key in ("accuracy_greedy", "accuracy_t1", "accuracy_maj4", "format_error_rate"):
         assert 0.0 <= metrics[key] <= 1.0
     assert json.loads((tmp_path / "metrics.json").read_text())["accuracy_maj4"] == metrics["accuracy_maj4"]
-    assert len(read_jsonl(str(tmp_path / "eval_samples.jsonl"))) == 20 + 80
+    records = read_jsonl(str(tmp_path / "eval_samples.jsonl"))
+    assert len(records) == 20 + 80
+
+    # Another seed: the same test problems (a benchmark's test set), other samples of them.
+    eval_main([f"policy={tiny_world / 'policy'}", f"output_dir={tmp_path / 'seed1'}", "num_problems=20",
+               "samples_per_problem=4", "seed=1"])
+    other = read_jsonl(str(tmp_path / "seed1" / "eval_samples.jsonl"))
+    assert [r["question"] for r in other] == [r["question"] for r in records]
+    assert [r["solution"] for r in other] != [r["solution"] for r in records]
 
 
 @pytest.mark.parametrize("args, message", [

@@ -4,7 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from reward.errors import ShepherdError
-from reward.tasks.base import BAD_TOKEN, GOOD_TOKEN, STEP_TAG, Problem, Task, first_error_labels
+from reward.tasks.base import BAD_TOKEN, GOOD_TOKEN, HELD_OUT_SEED, STEP_TAG, Problem, Task, first_error_labels
 
 TASKS = ("arith", "gsm8k", "math")
 
@@ -38,4 +38,4 @@ def load_task(cfg: Any) -> Task:
     raise ShepherdError(f"unknown task '{name}' (key task.name); known tasks: {', '.join(TASKS)}")
 
 
-__all__ = ["load_task", "Task", "Problem", "STEP_TAG", "GOOD_TOKEN", "BAD_TOKEN", "TASKS", "first_error_labels"]
+__all__ = ["load_task", "Task", "Problem", "STEP_TAG", "HELD_OUT_SEED", "GOOD_TOKEN", "BAD_TOKEN", "TASKS", "first_error_labels"]

@@ -8,6 +8,9 @@ from reward.errors import ShepherdError
 
 STEP_TAG = "ки"  # Math-Shepherd's step tag: every step of a PRM input ends with " ки"
 GOOD_TOKEN, BAD_TOKEN = "+", "-"  # the labels that replace the tag in Math-Shepherd training data
+# The draw of every held-out set (validation, test): the same problems for every seed, as a benchmark's
+# test set is, so runs of different seeds differ in training randomness only and compare pairwise.
+HELD_OUT_SEED = 0
 QUESTION_FIELD = "{question}"  # where a prompt template (key task.prompt_template) puts the question
 
 
