@@ -17,6 +17,7 @@ from omegaconf import OmegaConf
 
 from reward.error_kinds import first_error_kind
 from reward.io import read_jsonl
+from reward.prm import aggregate
 from reward.tasks import Problem, load_task
 
 
@@ -33,7 +34,7 @@ def main(folder: str, n: int = 64) -> None:
     picks, present, right_texts, wrong_texts = Counter(), Counter(), [], []
     for g in groups.values():
         g = g[:n]
-        pick = g[int(np.argmax([min(r["prm_steps"]) for r in g]))]
+        pick = g[int(np.argmax([aggregate(r["prm_steps"], "min") for r in g]))]  # verify's prm_min
         if not pick["correct"]:
             picks[kind(pick)] += 1
         present.update({kind(r) for r in g if not r["correct"]})
