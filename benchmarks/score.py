@@ -53,13 +53,16 @@ def main() -> None:
         fast, fast_s = timed(score_steps, model, tok, items, args.batch_size)
         slow, slow_s = timed(per_prefix, model, tok, items, args.batch_size)
     diff = max(abs(a - b) for f, s in zip(fast, slow) for a, b in zip(f, s))
+    # Padding changes the order of bf16 sums (a GPU's default dtype), so there the scores agree to its rounding.
+    tol = max(1e-4, 4 * torch.finfo(model.dtype).eps)
     print(f"model: {args.model or 'random tiny Llama (world shape)'}; torch threads: {torch.get_num_threads()}; "
           f"{len(items)} solutions, {steps} steps, batch {args.batch_size}")
     print(f"one forward per solution: {steps / fast_s:8.0f} steps/s")
     print(f"one forward per prefix:   {steps / slow_s:8.0f} steps/s")
     print(f"ratio per-solution / per-prefix: {slow_s / fast_s:.1f}x")
-    print(f"max |score difference|: {diff:.2e} ({'same' if diff < 1e-4 else 'DIFFERENT'} scores)")
-    if diff >= 1e-4:
+    print(f"max |score difference|: {diff:.2e} ({'same' if diff < tol else 'DIFFERENT'} scores at {model.dtype}, "
+          f"tolerance {tol:.0e})")
+    if diff >= tol:
         raise SystemExit(1)
 
 

@@ -31,7 +31,8 @@ import torch
 
 from reward.errors import ShepherdError
 from reward.formats import MATH_SHEPHERD, QWEN_PRM, SEPARATOR, TAGGED, check_format
-from reward.generation.base import load_causal_lm, load_tokenizer, model_location, resolve_device, resolve_dtype
+from reward.generation.base import (NO_HUB_KERNELS, load_causal_lm, load_tokenizer, model_location, resolve_device,
+                                    resolve_dtype)
 from reward.prm import score_encoded, score_steps
 from reward.tasks import BAD_TOKEN, GOOD_TOKEN, STEP_TAG
 
@@ -86,7 +87,8 @@ def load_qwen_prm(path: str, key: str, dtype: str = "auto", device: str = "auto"
             raise ShepherdError(f"{folder} is not a Qwen2 checkpoint (model_type in config.json; key {key}): "
                                 "format qwen-prm reads Qwen2.5-Math-PRM models")
     dev = resolve_device(device)
-    model = QwenPRM(Qwen2Model.from_pretrained(folder, dtype=resolve_dtype(dtype, dev), **extra))
+    model = QwenPRM(Qwen2Model.from_pretrained(folder, dtype=resolve_dtype(dtype, dev), **extra,
+                                                  **NO_HUB_KERNELS))
     head = score_head_weights(folder)
     expected = {k for k in model.score.state_dict()}
     if set(head) != expected:

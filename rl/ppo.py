@@ -33,6 +33,7 @@ from reward.config import GenerationConfig, StageConfig
 from reward.distributed import all_reduce_sum
 from reward.errors import ShepherdError
 from reward.generation import Generator, HFGenerator, load_causal_lm, load_tokenizer
+from reward.generation.base import NO_HUB_KERNELS
 from reward.io import append_jsonl, read_jsonl_resumable, write_jsonl_atomic
 from reward.adapters import load_reward_model, score_items
 from reward.stage import stage_main
@@ -288,7 +289,7 @@ def load_critic(path: str) -> Any:
 
     config = AutoConfig.from_pretrained(path, num_labels=1)
     config.classifier_dropout = 0.0  # transformers defaults to 0.1: values must not be noisy
-    model = AutoModelForTokenClassification.from_pretrained(path, config=config)
+    model = AutoModelForTokenClassification.from_pretrained(path, config=config, **NO_HUB_KERNELS)
     head = model.score if hasattr(model, "score") else model.classifier
     with deepspeed.zero.GatheredParameters(list(head.parameters()), modifier_rank=0), torch.no_grad():
         for param in head.parameters():

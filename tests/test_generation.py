@@ -178,3 +178,12 @@ def test_vllm_engine_of_each_rank_sees_only_that_ranks_gpu(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "1")
     with this_ranks_gpu(on_gpu=True):
         assert os.environ["CUDA_VISIBLE_DEVICES"] == "4,5,6"
+
+
+def test_models_load_without_hub_kernels(random_policy):
+    """transformers kernelizes every from_pretrained by default, fetching layers from the Hub: offline on a GPU
+    that load failed (`deepspeed` PPO and train-prm under ZeRO-3). Policy and critic keep their own layers."""
+    from rl.ppo import load_critic
+
+    assert not load_causal_lm(random_policy, device="cpu").use_kernels
+    assert not load_critic(random_policy).use_kernels

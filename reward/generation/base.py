@@ -20,6 +20,12 @@ class Sample:
     finished: bool  # ended at EOS or a stop string (not cut by max_new_tokens)
 
 
+# transformers >= 5.2x swaps layers for kernels fetched from the Hugging Face Hub on every from_pretrained
+# unless told not to: offline (HF_HUB_OFFLINE=1) that load fails on a GPU, online it runs downloaded code
+# and changes numerics between machines. Our models load from local folders with their own layers.
+NO_HUB_KERNELS = {"use_kernels": False}
+
+
 def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -72,7 +78,7 @@ def load_causal_lm(path: str, key: str = "policy", dtype: str = "auto", device: 
 
     folder, extra = model_location(path, key)
     dev = resolve_device(device)
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=resolve_dtype(dtype, dev), **extra)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=resolve_dtype(dtype, dev), **extra, **NO_HUB_KERNELS)
     if is_deepspeed_zero3_enabled():  # loaded as this rank's shards (zero.Init): DeepSpeed places them
         return model.eval()
     return model.to(dev).eval()
