@@ -25,6 +25,7 @@ from reward.generation import load_generator
 from reward.io import read_jsonl, write_jsonl_atomic
 from reward.labels import to_math_shepherd
 from reward.shards import ChunkedJsonl
+from reward.slips import skipped_slip
 from reward.stage import stage_main
 from reward.tasks import Problem, Task, load_task
 
@@ -64,10 +65,14 @@ def stepwise_record(sol: Solution, counts: StepCounts, task: Task, strategy: str
 
 
 def read_solutions(path: str, task: Task) -> tuple[list[Solution], dict[str, int]]:
-    """Solutions from samples.jsonl; ones without steps or gold answers are skipped and counted."""
-    skipped = {"skipped_no_steps": 0, "skipped_no_gold": 0}
+    """Solutions from samples.jsonl; ones without steps or gold answers, and slips that left the answer right,
+    are skipped and counted."""
+    skipped = {"skipped_no_steps": 0, "skipped_no_gold": 0, "skipped_slip_answer_right": 0}
     sols = []
     for i, r in enumerate(read_jsonl(path, required=("question",)), 1):
+        if skipped_slip(r):
+            skipped["skipped_slip_answer_right"] += 1
+            continue
         steps = r.get("steps") or (task.split_steps(r["solution"]) if r.get("solution") else [])
         gold = r.get("gold")
         if not steps:

@@ -17,6 +17,7 @@ from reward.config import GenerationConfig, StageConfig
 from reward.errors import ShepherdError
 from reward.generation import Generator, load_generator
 from reward.shards import ChunkedJsonl
+from reward.slips import slip_solutions
 from reward.stage import stage_main
 from reward.tasks import Problem, Task, load_task
 
@@ -32,6 +33,11 @@ class SampleConfig(StageConfig):
     # as one more graded record (`reference: true`, not counted in the accuracy): a policy too weak to
     # solve the problems (SmolLM2-135M on GSM8K) then still gives annotation right steps to label.
     include_reference: bool = False
+    # Per problem, this many slip samples (reward/slips.py): one of its samples with one step forced
+    # wrong (a number changed, a token dropped or repeated), the rest written by the policy. They give
+    # the reward models the rare slips that best-of-N at large N picks. `slip: true`, not counted in
+    # the accuracy; annotate labels those whose answer the slip made wrong.
+    slips_per_problem: int = 0
     generation: GenerationConfig = field(default_factory=GenerationConfig)
 
 
@@ -67,13 +73,19 @@ def run(cfg: DictConfig) -> dict:
     per_chunk = max(1, cfg.generation.batch_size // n)
     chunks = [problems[i: i + per_chunk] for i in range(0, len(problems), per_chunk)]
 
-    out = ChunkedJsonl(path, [[p.id for p in chunk] for chunk in chunks], per_id=n + cfg.include_reference,
-                       key="problem_id")
+    per_id = n + cfg.include_reference + cfg.slips_per_problem
+    out = ChunkedJsonl(path, [[p.id for p in chunk] for chunk in chunks], per_id=per_id, key="problem_id")
     todo = out.todo()
     generator = load_generator(cfg.policy, cfg.generation) if todo else None
     for c in tqdm(todo, desc="sample", disable=out.rank != 0):
-        groups = sample_and_grade(generator, task, chunks[c], n, cfg.temperature, seed=cfg.seed * 1000003 + c,
-                                  reference=cfg.include_reference)
+        seed = cfg.seed * 1000003 + c
+        groups = sample_and_grade(generator, task, chunks[c], n, cfg.temperature, seed, reference=cfg.include_reference)
+        if cfg.slips_per_problem:
+            slips = slip_solutions(generator, task, chunks[c], groups, cfg.slips_per_problem, cfg.temperature, seed)
+            for p, group, made in zip(chunks[c], groups, slips):
+                group += [{"id": f"{p.id}-slip{j}", **problem_record(p), "sample_index": -1, "solution": text,
+                           "finished": finished, "slip": True, **origin, **task.grade(p, text)}
+                          for j, (text, finished, origin) in enumerate(made)]
         out.append([r for g in groups for r in g])
     return summarize(out.finish(), n)
 
@@ -82,7 +94,8 @@ def summarize(records: list[dict[str, Any]], n: int) -> dict[str, Any]:
     """Accuracy, format errors and (with an oracle) right answers reached through a wrong step, of the
     policy's samples (reference solutions only counted)."""
     references = sum(bool(r.get("reference")) for r in records)
-    records = [r for r in records if not r.get("reference")]
+    slips = [r for r in records if r.get("slip")]
+    records = [r for r in records if not r.get("reference") and not r.get("slip")]
     right = [r for r in records if r["correct"]]
     metrics = {
         "samples": len(records), "problems": len({r["problem_id"] for r in records}), "samples_per_problem": n,
@@ -90,6 +103,7 @@ def summarize(records: list[dict[str, Any]], n: int) -> dict[str, Any]:
         "format_error_rate": _mean([not r["well_formed"] for r in records]),
         "mean_steps": _mean([len(r["steps"]) for r in records]),
         **({"references": references} if references else {}),
+        **({"slips": len(slips), "slip_answer_wrong": _mean([not r["correct"] for r in slips])} if slips else {}),
     }
     if records and "first_error" in records[0]:
         metrics["right_answer_wrong_step"] = _mean([r["first_error"] is not None for r in right])

@@ -30,6 +30,7 @@ from reward.formats import TAG_FORMATS, TAGGED
 from reward.labels import from_math_shepherd
 from reward.lora import LoraSettings, apply_lora
 from reward.prm import encode_tagged, ensure_label_tokens, score_steps, step_bce
+from reward.slips import skipped_slip
 from reward.stage import stage_main
 from reward.training import TrainConfig, save_trained, tensorboard_callback, training_arguments
 
@@ -72,8 +73,8 @@ def read_examples(path: str, kind: str, label_type: str, label_scope: str = "all
         if "steps" in r and "completions" not in r:  # a sample (`shepherd sample`): its outcome, no step labels
             if kind != "orm":
                 raise ShepherdError(f"{where}: a sample has no step labels; the PRM learns from `shepherd annotate`'s output")
-            if not r["steps"] or r.get("gold") in (None, ""):
-                continue  # as annotate skips it: no step to score, or no answer to judge
+            if not r["steps"] or r.get("gold") in (None, "") or skipped_slip(r):
+                continue  # as annotate skips it: no step to score, no answer to judge, or a slip that changed nothing
             if "correct" not in r or "question" not in r:
                 raise ShepherdError(f"{where}: a sample needs the fields 'question' and 'correct'")
             r = {**r, "prompt": r["question"], "completions": r["steps"], "labels": [r["correct"]] * len(r["steps"])}

@@ -169,7 +169,7 @@ def load_or_sample(cfg: DictConfig, task: Any) -> list[list[dict[str, Any]]]:
     if cfg.samples:
         by_problem: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for r in read_jsonl(cfg.samples, required=("problem_id", "question", "solution", "correct")):
-            if not r.get("reference"):  # a data set's own solution is no candidate of the policy's
+            if not r.get("reference") and not r.get("slip"):  # the data set's solution, forced slips: no candidates
                 by_problem[r["problem_id"]].append(r)
         groups = [g[: cfg.n] for g in by_problem.values() if len(g) >= cfg.n]
         if not groups:

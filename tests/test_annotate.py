@@ -185,10 +185,13 @@ def test_bad_solutions_are_counted_skips(tmp_path):
     f.write_text(json.dumps({"id": "a", "question": "Compute 1 + 2 mod 10.", "gold": "3", "steps": []}) + "\n"
                  + json.dumps({"id": "b", "question": "Compute 1 + 2 mod 10.", "steps": ["1 + 2 = 3"]}) + "\n"
                  + json.dumps({"id": "c", "question": "Compute 1 + 2 mod 10.", "gold": "3",
-                               "steps": ["1 + 2 = 3", "The answer is 3"]}) + "\n")
+                               "steps": ["1 + 2 = 3", "The answer is 3"]}) + "\n"
+                 + "".join(json.dumps({"id": f"slip{ok}", "question": "Compute 1 + 2 mod 10.", "gold": "3", "slip": True,
+                                       "correct": ok, "steps": ["1 + 2 = 4", f"The answer is {3 if ok else 4}"]}) + "\n"
+                           for ok in (True, False)))
     sols, skipped = read_solutions(str(f), load_task("arith"))
-    assert [s.id for s in sols] == ["c"] and sols[0].correct
-    assert skipped == {"skipped_no_steps": 1, "skipped_no_gold": 1}
+    assert [s.id for s in sols] == ["c", "slipFalse"] and sols[0].correct and not sols[1].correct
+    assert skipped == {"skipped_no_steps": 1, "skipped_no_gold": 1, "skipped_slip_answer_right": 1}
     f.write_text('{"id": "a", "gold": "3"}\n')
     with pytest.raises(ShepherdError, match=f"{f}:1: missing field 'question'"):
         read_solutions(str(f), load_task("arith"))
