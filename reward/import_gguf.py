@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from reward.config import StageConfig
 from reward.errors import ShepherdError
+from reward.generation.base import NO_HUB_KERNELS
 from reward.stage import stage_main
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -57,7 +58,7 @@ def import_gguf(gguf_path: str, out_dir: str) -> int:
         raise ShepherdError("reading a GGUF file needs the gguf package: pip install -e '.[real]'") from None
     folder, name = os.path.dirname(gguf_path) or ".", os.path.basename(gguf_path)
     tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, use_kernels=False)  # no Hub kernels
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, **NO_HUB_KERNELS)
     config = loaded.config
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # what makes save_pretrained refuse; the weights are already dequantised

@@ -45,6 +45,18 @@ def problem_record(problem: Problem) -> dict[str, Any]:
     return {"problem_id": problem.id, "question": problem.question, "gold": problem.gold, "meta": problem.meta}
 
 
+def graded_record(task: Task, problem: Problem, key: str, index: int, text: str, finished: bool,
+                  **kind: Any) -> dict[str, Any]:
+    """One solution of `problem` with its grade; `kind` marks a record that is not a policy sample."""
+    return {"id": f"{problem.id}-{key}", **problem_record(problem), "sample_index": index, "solution": text,
+            "finished": finished, **kind, **task.grade(problem, text)}
+
+
+def policy_sample(record: dict[str, Any]) -> bool:
+    """The policy's own sample: neither a data set's reference solution nor a forced slip."""
+    return not record.get("reference") and not record.get("slip")
+
+
 def sample_and_grade(generator: Generator, task: Task, problems: list[Problem], n: int, temperature: float,
                      seed: int, progress: bool = False, reference: bool = False) -> list[list[dict[str, Any]]]:
     """Per problem, n graded samples (one record each), in one batched generation call; with `reference`,
@@ -53,12 +65,9 @@ def sample_and_grade(generator: Generator, task: Task, problems: list[Problem], 
     samples = generator.generate(prompts, n=n, temperature=temperature, seed=seed, progress=progress)
     out = []
     for p, group in zip(problems, samples):
-        out.append([{"id": f"{p.id}-{j}", **problem_record(p), "sample_index": j, "solution": s.text,
-                     "finished": s.finished, **task.grade(p, s.text)} for j, s in enumerate(group)])
+        out.append([graded_record(task, p, str(j), j, s.text, s.finished) for j, s in enumerate(group)])
         if reference:
-            text = task.reference_solution(p) or ""
-            out[-1].append({"id": f"{p.id}-ref", **problem_record(p), "sample_index": -1, "solution": text,
-                            "finished": True, "reference": True, **task.grade(p, text)})
+            out[-1].append(graded_record(task, p, "ref", -1, task.reference_solution(p) or "", True, reference=True))
     return out
 
 
@@ -83,8 +92,7 @@ def run(cfg: DictConfig) -> dict:
         if cfg.slips_per_problem:
             slips = slip_solutions(generator, task, chunks[c], groups, cfg.slips_per_problem, cfg.temperature, seed)
             for p, group, made in zip(chunks[c], groups, slips):
-                group += [{"id": f"{p.id}-slip{j}", **problem_record(p), "sample_index": -1, "solution": text,
-                           "finished": finished, "slip": True, **origin, **task.grade(p, text)}
+                group += [graded_record(task, p, f"slip{j}", -1, text, finished, slip=True, **origin)
                           for j, (text, finished, origin) in enumerate(made)]
         out.append([r for g in groups for r in g])
     return summarize(out.finish(), n)
@@ -95,7 +103,7 @@ def summarize(records: list[dict[str, Any]], n: int) -> dict[str, Any]:
     policy's samples (reference solutions only counted)."""
     references = sum(bool(r.get("reference")) for r in records)
     slips = [r for r in records if r.get("slip")]
-    records = [r for r in records if not r.get("reference") and not r.get("slip")]
+    records = [r for r in records if policy_sample(r)]
     right = [r for r in records if r["correct"]]
     metrics = {
         "samples": len(records), "problems": len({r["problem_id"] for r in records}), "samples_per_problem": n,

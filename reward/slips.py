@@ -58,16 +58,17 @@ def slip_solutions(generator: Generator, task: Task, problems: list[Problem], gr
     for i, group in enumerate(groups):
         bases = [r for r in group if r["steps"]]
         for _ in range(per_problem):
-            out[i].append(("", True, {"slip_of": None, "slip_step": None}))  # kept where no step takes a slip
+            origin: dict[str, Any] = {"slip_of": None, "slip_step": None}  # kept where no step takes a slip
             for _attempt in range(16 if bases else 0):
                 base = rng.choice(bases)
                 k = rng.randrange(len(base["steps"]))
                 wrong = slip_step(base["steps"][k], rng)
                 if wrong is not None:
-                    out[i][-1] = ("", True, {"slip_of": base["id"], "slip_step": k})
+                    origin = {"slip_of": base["id"], "slip_step": k}
                     before = task.join_steps(base["steps"][:k]) + "\n" if k else ""
-                    heads.append((i, len(out[i]) - 1, before + wrong))
+                    heads.append((i, len(out[i]), before + wrong))
                     break
+            out[i].append(("", True, origin))
     tok = generator.tokenizer
     prompts = [continue_after(task.format_prompt(problems[i].question, tok)) + head for i, _, head in heads]
     rests = generator.generate(prompts, n=1, temperature=temperature, seed=seed) if prompts else []

@@ -29,7 +29,7 @@ from reward.formats import TAGGED, check_format
 from reward.generation import load_causal_lm, load_generator, load_tokenizer
 from reward.io import read_jsonl, write_atomic, write_jsonl_atomic
 from reward.prm import aggregate
-from reward.sample import sample_and_grade
+from reward.sample import policy_sample, sample_and_grade
 from reward.stage import stage_main
 from reward.tasks import HELD_OUT_SEED, load_task
 
@@ -169,7 +169,7 @@ def load_or_sample(cfg: DictConfig, task: Any) -> list[list[dict[str, Any]]]:
     if cfg.samples:
         by_problem: dict[str, list[dict[str, Any]]] = defaultdict(list)
         for r in read_jsonl(cfg.samples, required=("problem_id", "question", "solution", "correct")):
-            if not r.get("reference") and not r.get("slip"):  # the data set's solution, forced slips: no candidates
+            if policy_sample(r):  # a data set's own solution, a forced slip: no candidates of the policy's
                 by_problem[r["problem_id"]].append(r)
         groups = [g[: cfg.n] for g in by_problem.values() if len(g) >= cfg.n]
         if not groups:
