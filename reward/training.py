@@ -2,6 +2,7 @@
 work on CPU and GPU with or without DeepSpeed, TensorBoard in the stage's folder, atomic saving."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 from dataclasses import dataclass
@@ -49,9 +50,29 @@ def training_arguments(t: Any, output_dir: str, seed: int) -> TrainingArguments:
         adam_beta2=t.adam_beta2, max_grad_norm=t.max_grad_norm, logging_steps=t.logging_steps,
         save_strategy="no", report_to="none", use_cpu=not cuda, bf16=cuda and torch.cuda.is_bf16_supported(),
         seed=seed, deepspeed=t.deepspeed or None, ddp_backend=distributed_backend(), remove_unused_columns=False,
-        dataloader_drop_last=True, gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},  # reentrant needs grads on inputs (LoRA: none)
+        dataloader_drop_last=True, **checkpointing_arguments(t.gradient_checkpointing),
     )
+
+
+# transformers 5.2x renamed gradient checkpointing to activation checkpointing (the old names warn and go
+# in v6); the range we support starts before the rename, so each call takes the name this version has.
+NO_REENTRANT = {"use_reentrant": False}  # reentrant checkpointing needs grads on the inputs (LoRA: none)
+
+
+def checkpointing_arguments(enabled: bool) -> dict[str, Any]:
+    """TrainingArguments' checkpointing fields, under this transformers' name."""
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    prefix = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    return {prefix: enabled, f"{prefix}_kwargs": NO_REENTRANT}
+
+
+def enable_checkpointing(model: Any) -> Any:
+    """Recompute activations in backward (non-reentrant), under this transformers' name."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=NO_REENTRANT)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=NO_REENTRANT)
+    return model
 
 
 def tensorboard_callback(output_dir: str) -> TensorBoardCallback:

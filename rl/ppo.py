@@ -37,6 +37,7 @@ from reward.generation.base import NO_HUB_KERNELS
 from reward.io import append_jsonl, read_jsonl_resumable, write_jsonl_atomic
 from reward.adapters import load_reward_model, score_items
 from reward.stage import stage_main
+from reward.training import enable_checkpointing
 from reward.tasks import HELD_OUT_SEED, Problem, Task, load_task
 from reward.lora import LoraSettings, apply_lora, folded_weights
 from rl import engines
@@ -298,10 +299,8 @@ def load_critic(path: str) -> Any:
 
 
 def checkpointed(model: Any, on: bool) -> Any:
-    """Gradient checkpointing (non-reentrant: it needs no gradient on the inputs, which LoRA lacks)."""
-    if on:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    return model
+    """Activation checkpointing for the actor or critic when `ppo.gradient_checkpointing` is on."""
+    return enable_checkpointing(model) if on else model
 
 
 def lr_decay(p: Any, world: int) -> Callable[[int], float]:

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -204,20 +205,29 @@ def test_bad_ppo_config_is_one_clear_error(tmp_path):
 
 def test_gradient_checkpointing_saves_memory_not_math(random_policy, tmp_path):
     """ppo.gradient_checkpointing (actor, critic) and train.gradient_checkpointing (reward models, SFT):
-    checkpointing is on, and the gradients are those of the model without it."""
+    checkpointing is on, the gradients are those of the model without it, and no deprecated transformers
+    name is used (5.2x renamed gradient to activation checkpointing; v6 drops the old names)."""
     from reward.training import TrainConfig, training_arguments
     from rl.ppo import checkpointed, load_critic
 
+    def is_on(model):
+        if hasattr(model, "is_activation_checkpointing"):
+            return model.is_activation_checkpointing
+        return model.is_gradient_checkpointing
+
     ids = torch.randint(5, 20, (2, 12))
     grads = []
-    for on in (False, True):
-        model = checkpointed(AutoModelForCausalLM.from_pretrained(random_policy), on).train()
-        assert model.is_gradient_checkpointing == on
-        model(input_ids=ids).logits.float().logsumexp(-1).mean().backward()
-        grads.append([p.grad.clone() for p in model.parameters()])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for on in (False, True):
+            model = checkpointed(AutoModelForCausalLM.from_pretrained(random_policy), on).train()
+            assert bool(is_on(model)) == on
+            model(input_ids=ids).logits.float().logsumexp(-1).mean().backward()
+            grads.append([p.grad.clone() for p in model.parameters()])
+        assert is_on(checkpointed(load_critic(random_policy), True))
+        assert training_arguments(TrainConfig(gradient_checkpointing=True), str(tmp_path), 0).gradient_checkpointing
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
-    assert checkpointed(load_critic(random_policy), True).is_gradient_checkpointing
-    assert training_arguments(TrainConfig(gradient_checkpointing=True), str(tmp_path), 0).gradient_checkpointing
+    assert not [w for w in caught if "checkpointing" in str(w.message)], [str(w.message) for w in caught]
 
 
 @pytest.mark.parametrize("advantage", ["grpo", "rloo"])
