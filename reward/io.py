@@ -89,13 +89,13 @@ def write_json(path: str, obj: Any) -> None:
     write_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def save_stage_config(cfg: DictConfig) -> None:
-    """The resolved config beside the stage's outputs."""
+def save_stage_config(cfg: DictConfig, prefix: str = "") -> None:
+    """The resolved config beside the stage's outputs (`prefix`: see stage_main's `sidecar`)."""
     os.makedirs(cfg.output_dir, exist_ok=True)
-    write_atomic(os.path.join(cfg.output_dir, "config.yaml"), OmegaConf.to_yaml(cfg, resolve=True))
+    write_atomic(os.path.join(cfg.output_dir, f"{prefix}config.yaml"), OmegaConf.to_yaml(cfg, resolve=True))
 
 
-def save_metrics(cfg: DictConfig, metrics: dict[str, Any]) -> None:
+def save_metrics(cfg: DictConfig, metrics: dict[str, Any], prefix: str = "") -> None:
     """A flat metrics.json of the stage's figures."""
     flat = {k: v for k, v in metrics.items() if isinstance(v, (int, float, str, bool)) or v is None}
-    write_json(os.path.join(cfg.output_dir, "metrics.json"), flat)
+    write_json(os.path.join(cfg.output_dir, f"{prefix}metrics.json"), flat)

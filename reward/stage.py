@@ -102,18 +102,21 @@ def leave_process_group() -> None:
 
 
 def stage_main(stage: str, schema: type, run: Callable[[DictConfig], dict[str, Any]], doc: str,
-               argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Entry point of `shepherd STAGE` and `python -m MODULE`; exits 2 with one line on bad input."""
+               argv: Sequence[str] | None = None, sidecar: Callable[[DictConfig], str] | None = None) -> dict[str, Any]:
+    """Entry point of `shepherd STAGE` and `python -m MODULE`; exits 2 with one line on bad input.
+    `sidecar` names the prefix of config.yaml, metrics.json and environment.json, for a stage whose
+    outputs share a folder with others of its kind (reports by name)."""
     try:
         cfg = parse_stage_args(stage, schema, doc, argv)
+        prefix = sidecar(cfg) if sidecar else ""
         if is_main_process():
-            save_stage_config(cfg)
-            write_json(os.path.join(cfg.output_dir, "environment.json"), environment())
+            save_stage_config(cfg, prefix)
+            write_json(os.path.join(cfg.output_dir, f"{prefix}environment.json"), environment())
         started = time.time()
         metrics = run(cfg)
         metrics.setdefault("stage_seconds", round(time.time() - started, 1))
         if is_main_process():
-            save_metrics(cfg, metrics)
+            save_metrics(cfg, metrics, prefix)
             print(f"[{stage}] wrote {cfg.output_dir}")
             print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, (list, dict))}, indent=1))
         leave_process_group()

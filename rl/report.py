@@ -243,7 +243,14 @@ def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     dirs = [a for a in argv if not a.startswith("-") and "=" not in a]
     rest = [a for a in argv if a not in dirs]
-    return stage_main("report", ReportConfig, run, __doc__, rest + ([f"runs={json.dumps(dirs)}"] if dirs else []))
+    return stage_main("report", ReportConfig, run, __doc__, rest + ([f"runs={json.dumps(dirs)}"] if dirs else []),
+                      sidecar=sidecar_prefix)
+
+
+def sidecar_prefix(cfg: DictConfig) -> str:
+    """Reports of other names beside `report.md` keep their own config, metrics and environment
+    (`world_seed1_config.yaml`, ...), so one report never overwrites another's in a shared folder."""
+    return "" if cfg.name == "report" else f"{cfg.name}_"
 
 
 if __name__ == "__main__":

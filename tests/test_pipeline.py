@@ -185,6 +185,12 @@ def test_report_gives_each_arms_cost_alarm_and_asked_pairs(tmp_path):
     text = (tmp_path / "out" / "report.md").read_text()
     assert "| ppo-a | 2.5 | 1.50 | seed0@4 |" in text and "| ppo-b | 2.5 | 1.50 | none |" in text
     assert "ppo-a - ppo-b (accuracy_t1, 2 seed(s)): 0.250 ±" in text
+    report_main([runs[0], f"output_dir={tmp_path / 'out'}", "name=seed0"])  # another report in the same folder
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["arms"] == 2 and "- ppo-a:ppo-b" in (tmp_path / "out" / "config.yaml").read_text()
+    assert json.loads((tmp_path / "out" / "seed0_metrics.json").read_text())["arms"] == 1
+    assert "name: seed0" in (tmp_path / "out" / "seed0_config.yaml").read_text()
+    assert (tmp_path / "out" / "seed0_environment.json").is_file() and (tmp_path / "out" / "seed0.md").is_file()
     with pytest.raises(SystemExit):
         report_main([*runs, f"output_dir={tmp_path / 'out2'}", "pairs=[ppo-a:ppo-c]"])
 
