@@ -353,9 +353,12 @@ def build_models(cfg: DictConfig, world: int, rank: int, device: torch.device) -
                                                      frozen_cfg, None, device)
     rm = rm_tokenizer = None
     if rc.type != "rule" and rc.model != ORACLE:
-        rm = engines.build(lambda: load_reward_model(rc.model, "reward.model", rc.format, device="cpu")[0], frozen_cfg,
-                           None, device)
-        rm_tokenizer = load_tokenizer(rc.model, "reward.model")
+        def load_rm() -> Any:  # the model inside the engine's load (zero.Init), its tokenizer kept from the same call
+            nonlocal rm_tokenizer
+            model, rm_tokenizer = load_reward_model(rc.model, "reward.model", rc.format, device="cpu")
+            return model
+
+        rm = engines.build(load_rm, frozen_cfg, None, device)
     zero3 = engines.zero_stage(train_cfg) == 3
     generator = build_generator(cfg, actor, tokenizer, zero3, world, rank)
     return Models(actor, critic, ref, rm, rm_tokenizer, tokenizer, generator, zero3)
