@@ -31,12 +31,16 @@ def main(folder: str, n: int = 64) -> None:
         found = first_error_kind(task, Problem(r["problem_id"], r["question"], r["gold"], r["meta"]), r["solution"])
         return found[1] if found else "none"
 
-    picks, present, right_texts, wrong_texts = Counter(), Counter(), [], []
+    picks, present, right_texts, wrong_texts, slip_scores, right_mins = Counter(), Counter(), [], [], [], []
     for g in groups.values():
         g = g[:n]
         pick = g[int(np.argmax([aggregate(r["prm_steps"], "min") for r in g]))]  # verify's prm_min
         if not pick["correct"]:
             picks[kind(pick)] += 1
+            if pick["first_error"] is not None:  # the PRM's score of the pick's first wrong step
+                slip_scores.append(pick["prm_steps"][pick["first_error"]])
+            right_mins += [max(aggregate(r["prm_steps"], "min") for r in g if r["correct"])] if any(
+                r["correct"] for r in g) else []
         present.update({kind(r) for r in g if not r["correct"]})
         right_texts.append(len({r["solution"] for r in g if r["correct"]}))
         wrong_texts.append(len({r["solution"] for r in g if not r["correct"]}))
@@ -46,6 +50,9 @@ def main(folder: str, n: int = 64) -> None:
         print(f"| {k} | {picks[k]} | {c} |")
     print(f"distinct texts per problem: right {np.mean(right_texts):.2f} (one in {sum(x == 1 for x in right_texts)}), "
           f"wrong {np.mean(wrong_texts):.2f}")
+    if slip_scores:
+        print(f"wrong picks: their first wrong step scored median {np.median(slip_scores):.3f}; the best right "
+              f"solution's PRM-min in those problems median {np.median(right_mins):.3f}")
 
 
 if __name__ == "__main__":
