@@ -34,13 +34,13 @@ def main(folder: str, n: int = 64) -> None:
     picks, present, right_texts, wrong_texts, slip_scores, right_mins = Counter(), Counter(), [], [], [], []
     for g in groups.values():
         g = g[:n]
-        pick = g[int(np.argmax([aggregate(r["prm_steps"], "min") for r in g]))]  # verify's prm_min
+        mins = [aggregate(r["prm_steps"], "min") for r in g]
+        pick = g[int(np.argmax(mins))]  # verify's prm_min
         if not pick["correct"]:
             picks[kind(pick)] += 1
             if pick["first_error"] is not None:  # the PRM's score of the pick's first wrong step
                 slip_scores.append(pick["prm_steps"][pick["first_error"]])
-            right_mins += [max(aggregate(r["prm_steps"], "min") for r in g if r["correct"])] if any(
-                r["correct"] for r in g) else []
+            right_mins += [max((m for m, r in zip(mins, g) if r["correct"]), default=None)]
         present.update({kind(r) for r in g if not r["correct"]})
         right_texts.append(len({r["solution"] for r in g if r["correct"]}))
         wrong_texts.append(len({r["solution"] for r in g if not r["correct"]}))
@@ -52,7 +52,7 @@ def main(folder: str, n: int = 64) -> None:
           f"wrong {np.mean(wrong_texts):.2f}")
     if slip_scores:
         print(f"wrong picks: their first wrong step scored median {np.median(slip_scores):.3f}; the best right "
-              f"solution's PRM-min in those problems median {np.median(right_mins):.3f}")
+              f"solution's PRM-min in those problems median {np.median([m for m in right_mins if m is not None]):.3f}")
 
 
 if __name__ == "__main__":
