@@ -7,7 +7,7 @@ a value that falls along a right solution as well (each later hazard of the comp
 min then measures how hard the problem is as much as whether a step was wrong. The progress of a step
 is the ratio of its score to the step before's (1 before step one): a right step keeps the value, a
 wrong step drops it (the "progress" of Setlur et al. 2024, as a ratio). Reads verify's scored.jsonl and
-prints best-of-N accuracy for both, with verify's subsets (disjoint, N=1..64) and picks.
+prints best-of-N accuracy for both, with verify's groups, subsets (disjoint, N = powers of 2 up to n) and picks.
 """
 from __future__ import annotations
 
@@ -17,9 +17,8 @@ from collections import defaultdict
 import numpy as np
 
 from reward.io import read_jsonl
+from reward.prm import aggregate
 from reward.verify import Group, accuracy_at, pick_best
-
-NS = (1, 2, 4, 8, 16, 32, 64)
 
 
 def progress_min(scores: list[float]) -> float:
@@ -33,16 +32,17 @@ def main(folder: str) -> None:
     for r in read_jsonl(f"{folder}/scored.jsonl"):
         by_problem[r["problem_id"]].append(r)
     groups = []
-    for rows in by_problem.values():
-        rows.sort(key=lambda r: r["sample_index"])
+    for rows in by_problem.values():  # scored.jsonl keeps verify's order of each problem's solutions
         g = Group(np.array([r["correct"] for r in rows]), [r["answer"] for r in rows])
-        g.scores["prm_min"] = np.array([min(r["prm_steps"]) for r in rows])
+        g.scores["prm_min"] = np.array([aggregate(r["prm_steps"], "min") for r in rows])
         g.scores["progress_min"] = np.array([progress_min(r["prm_steps"]) for r in rows])
         groups.append(g)
-    print("| method | " + " | ".join(f"N={n}" for n in NS) + " |")
-    print("|---" * (len(NS) + 1) + "|")
+    n = min(len(g.correct) for g in groups)
+    ks = [k for k in (2 ** i for i in range(9)) if k <= n]  # verify's N
+    print("| method | " + " | ".join(f"N={k}" for k in ks) + " |")
+    print("|---" * (len(ks) + 1) + "|")
     for name in ("prm_min", "progress_min"):
-        accs = [accuracy_at(groups, pick_best(name), n).mean() for n in NS]
+        accs = [accuracy_at(groups, pick_best(name), k).mean() for k in ks]
         print(f"| {name} | " + " | ".join(f"{a:.3f}" for a in accs) + " |")
 
 
